@@ -1,0 +1,226 @@
+"""Incremental, exact copy of MLflow traces into the DuckDB warehouse (plain functions, no Dagster).
+
+How a run works:
+1. Fingerprint every trace in the source: a hash of its trace_info row, its tags and its assessments'
+   ids and update times. Nothing else in MLflow's store carries a change time (tags and status change
+   in place), so comparing fingerprints is how late tags, feedback and status are found.
+2. Diff against the fingerprints committed by the last run: new or changed traces, traces still
+   IN_PROGRESS (their spans may still arrive), and traces gone from the source.
+3. In ONE warehouse transaction: delete those traces' rows, insert their current rows from the source,
+   and store their new fingerprints. The "watermark" is this state, so it moves only with the data: a
+   run killed anywhere leaves the last committed state, and the next run converges to a full extract.
+Fingerprints are read before the rows, so a change racing the run is seen again by the next run.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from resources.trace_sources import TraceSource, attach_with_retry
+from resources.warehouse import CONTRACT_TABLES, attach, migrate
+
+log = logging.getLogger(__name__)
+
+TRACE_NAME_TAG = "mlflow.traceName"
+# MLflow returns these metadata keys from columns since 3.17; the warehouse keeps them as typed columns
+# (traces.session_id, *_tokens, *_cost) instead of JSON strings.
+PROMOTED_METADATA_KEYS = ("mlflow.trace.session", "mlflow.trace.tokenUsage", "mlflow.trace.cost")
+_WAREHOUSE = "wh"
+
+
+def fingerprint_sql(rel: Callable[[str], str]) -> str:
+    return f"""
+    WITH tag_hash AS (
+        SELECT request_id AS trace_id, bit_xor(hash(key, value)) AS h FROM {rel('trace_tags')} GROUP BY ALL
+    ), assessment_hash AS (
+        SELECT trace_id, bit_xor(hash(assessment_id, last_updated_timestamp, CAST(valid AS BOOLEAN))) AS h
+        FROM {rel('assessments')} GROUP BY ALL
+    )
+    SELECT t.request_id AS trace_id,
+           hash(t.experiment_id, t.timestamp_ms, t.execution_time_ms, t.status, t.client_request_id,
+                t.request_preview, t.response_preview, t.trace_name, t.session_id, t.input_tokens,
+                t.output_tokens, t.total_tokens, t.total_cost, tag_hash.h, assessment_hash.h) AS fingerprint,
+           t.status, t.timestamp_ms
+    FROM {rel('trace_info')} t
+    LEFT JOIN tag_hash ON tag_hash.trace_id = t.request_id
+    LEFT JOIN assessment_hash ON assessment_hash.trace_id = t.request_id
+    """
+
+
+def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
+    """One SELECT per warehouse table, from relations shaped like MLflow's SQL tables."""
+    return {
+        "traces": f"""
+            SELECT request_id, CAST(experiment_id AS VARCHAR), timestamp_ms, make_timestamp(timestamp_ms * 1000),
+                   execution_time_ms, status, client_request_id, trace_name, session_id, input_tokens,
+                   output_tokens, total_tokens, input_cost, output_cost, total_cost, request_preview,
+                   response_preview
+            FROM {rel('trace_info')}""",
+        # CASE evaluates branches only for rows that reach them, so broken JSON never reaches json_* calls.
+        "spans": f"""
+            SELECT trace_id, span_id, parent_span_id, CAST(experiment_id AS VARCHAR), name, type, status,
+                   CASE WHEN content_error IS NULL THEN json_extract_string(content, '$.status.message') END,
+                   start_time_unix_nano, end_time_unix_nano,
+                   (end_time_unix_nano - start_time_unix_nano) / 1e6,
+                   model_name, model_provider,
+                   CASE WHEN json_valid(usage) THEN TRY_CAST(json_extract(usage, '$.input_tokens') AS BIGINT) END,
+                   CASE WHEN json_valid(usage) THEN TRY_CAST(json_extract(usage, '$.output_tokens') AS BIGINT) END,
+                   CASE WHEN json_valid(usage) THEN TRY_CAST(json_extract(usage, '$.total_tokens') AS BIGINT) END,
+                   total_cost, content_error
+            FROM (
+                SELECT *, CASE WHEN content_error IS NULL
+                               THEN json_extract_string(content, '$.attributes."mlflow.chat.tokenUsage"') END AS usage
+                FROM (
+                    SELECT *, CASE WHEN content IS NULL OR content = '' THEN 'span content is empty'
+                                   WHEN NOT json_valid(content) THEN 'span content is not valid JSON'
+                                   WHEN json_type(content) <> 'OBJECT' THEN 'span content is not a JSON object'
+                              END AS content_error
+                    FROM {rel('spans')}
+                )
+            )""",
+        "trace_tags": f"""
+            SELECT request_id, key, value FROM {rel('trace_tags')} WHERE key <> '{TRACE_NAME_TAG}'
+            UNION ALL
+            SELECT request_id, '{TRACE_NAME_TAG}', trace_name FROM {rel('trace_info')} WHERE trace_name IS NOT NULL""",
+        "trace_metadata": f"""
+            SELECT request_id, key, value FROM {rel('trace_request_metadata')}
+            WHERE key NOT IN {PROMOTED_METADATA_KEYS}""",
+        "assessments": f"""
+            SELECT assessment_id, trace_id, CAST(experiment_id AS VARCHAR), name, assessment_type, value,
+                   value_type,
+                   CASE WHEN value_type = 'boolean' THEN CAST(value AS BOOLEAN) END,
+                   CASE WHEN value_type = 'numeric' THEN CAST(value AS DOUBLE) END,
+                   CASE WHEN value_type = 'string' THEN
+                        CASE WHEN json_valid(value) THEN json_extract_string(value, '$') ELSE value END END,
+                   error, source_type, source_id, rationale, span_id, run_id, overrides,
+                   created_timestamp, last_updated_timestamp, CAST(valid AS BOOLEAN)
+            FROM (
+                SELECT *, CASE WHEN NOT json_valid(value) THEN 'string'
+                               WHEN json_type(value) = 'BOOLEAN' THEN 'boolean'
+                               WHEN json_type(value) IN ('BIGINT', 'UBIGINT', 'DOUBLE') THEN 'numeric'
+                               WHEN json_type(value) = 'VARCHAR' THEN 'string'
+                               ELSE 'json' END AS value_type
+                FROM {rel('assessments')}
+            )""",
+    }
+
+
+@dataclass
+class ExtractResult:
+    mode: str  # "full" | "incremental" | "unchanged"
+    source: str
+    source_traces: int
+    changed_traces: int
+    deleted_traces: int
+    rows: dict[str, int] = field(default_factory=dict)
+    bad_spans: list[tuple[str, str, str]] = field(default_factory=list)  # (trace_id, span_id, reason)
+    bad_span_count: int = 0
+    seconds: float = 0.0
+
+
+def extract_traces(
+    source: TraceSource,
+    warehouse_path: str,
+    *,
+    full_refresh: bool = False,
+    memory_limit: str = "512MB",
+    progress: Callable[[str], None] = log.info,
+) -> ExtractResult:
+    """Bring the warehouse in line with the source; see the module docstring for how."""
+    started = time.monotonic()
+    Path(warehouse_path).parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(
+        config={"memory_limit": memory_limit, "temp_directory": str(Path(warehouse_path).parent / ".duckdb_tmp")}
+    )
+    try:
+        attach_with_retry(source, con)
+
+        def rel(table: str) -> str:
+            return source.relation(con, table, only_changed=False)
+
+        con.execute(f"CREATE TEMP TABLE _source_state AS {fingerprint_sql(rel)}")
+        source_traces = con.execute("SELECT count(*) FROM _source_state").fetchone()[0]
+        progress(f"fingerprinted {source_traces} traces in {source.label}")
+
+        attach(con, warehouse_path, _WAREHOUSE)
+        migrate(con, catalog=_WAREHOUSE)
+        if full_refresh:
+            con.execute("CREATE TEMP TABLE _changed AS SELECT trace_id FROM _source_state")
+            con.execute(f"CREATE TEMP TABLE _deleted AS SELECT trace_id FROM {_WAREHOUSE}.traces")
+        else:
+            con.execute(f"""
+                CREATE TEMP TABLE _changed AS
+                SELECT s.trace_id FROM _source_state s
+                LEFT JOIN {_WAREHOUSE}._trace_state w USING (trace_id)
+                WHERE w.trace_id IS NULL OR w.fingerprint <> s.fingerprint
+                   OR s.status = 'IN_PROGRESS' OR w.status = 'IN_PROGRESS'""")
+            con.execute(f"""
+                CREATE TEMP TABLE _deleted AS
+                SELECT trace_id FROM {_WAREHOUSE}._trace_state ANTI JOIN _source_state USING (trace_id)""")
+        changed = con.execute("SELECT count(*) FROM _changed").fetchone()[0]
+        deleted = con.execute("SELECT count(*) FROM _deleted").fetchone()[0]
+        existing = con.execute(f"SELECT count(*) FROM {_WAREHOUSE}._trace_state").fetchone()[0]
+        mode = "full" if full_refresh or existing == 0 else "incremental"
+        result = ExtractResult(mode, source.label, source_traces, changed, deleted)
+        if changed == 0 and deleted == 0:
+            result.mode = "unchanged"
+            result.seconds = time.monotonic() - started
+            progress("warehouse is up to date: nothing changed in the source")
+            return result
+
+        every_trace = changed == source_traces
+
+        @functools.cache  # a targeted source stages each table once
+        def changed_rel(table: str) -> str:
+            return source.relation(con, table, only_changed=not every_trace)
+
+        statements = contract_sql(changed_rel)  # a targeted source stages the changed traces' rows here
+        con.execute("BEGIN")
+        for table in CONTRACT_TABLES:
+            con.execute(f"""
+                DELETE FROM {_WAREHOUSE}.{table}
+                WHERE trace_id IN (SELECT trace_id FROM _changed UNION ALL SELECT trace_id FROM _deleted)""")
+        for table in CONTRACT_TABLES:
+            t0 = time.monotonic()
+            rows = con.execute(f"INSERT INTO {_WAREHOUSE}.{table} {statements[table]}").fetchone()[0]
+            result.rows[table] = rows
+            elapsed = time.monotonic() - t0
+            progress(f"{table}: {rows} rows in {elapsed:.1f}s ({rows / max(elapsed, 1e-6):,.0f} rows/s)")
+        con.execute(f"""
+            DELETE FROM {_WAREHOUSE}._trace_state
+            WHERE trace_id IN (SELECT trace_id FROM _changed UNION ALL SELECT trace_id FROM _deleted)""")
+        con.execute(f"""
+            INSERT INTO {_WAREHOUSE}._trace_state
+            SELECT trace_id, ?, fingerprint, status FROM _source_state SEMI JOIN _changed USING (trace_id)""",
+            [source.label])
+        result.bad_span_count, result.bad_spans = _bad_spans(con)
+        result.seconds = time.monotonic() - started
+        con.execute(
+            f"""INSERT INTO {_WAREHOUSE}._extract_runs
+                SELECT now()::TIMESTAMP, ?, ?, ?, ?, ?,
+                       (SELECT max(timestamp_ms) FROM _source_state),
+                       (SELECT max(last_updated_ms) FROM {_WAREHOUSE}.assessments), ?""",
+            [source.label, result.mode, source_traces, changed, deleted, result.seconds],
+        )
+        con.execute("COMMIT")
+        for trace_id, span_id, reason in result.bad_spans:
+            log.warning("span %s of trace %s kept without parsed fields: %s", span_id, trace_id, reason)
+        return result
+    finally:
+        con.close()
+
+
+def _bad_spans(con: duckdb.DuckDBPyConnection, shown: int = 20) -> tuple[int, list[tuple[str, str, str]]]:
+    query = f"""
+        FROM {_WAREHOUSE}.spans SEMI JOIN _changed USING (trace_id)
+        WHERE content_error IS NOT NULL"""
+    count = con.execute(f"SELECT count(*) {query}").fetchone()[0]
+    rows = con.execute(f"SELECT trace_id, span_id, content_error {query} ORDER BY 1, 2 LIMIT {shown}").fetchall()
+    return count, rows

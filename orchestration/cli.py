@@ -1,0 +1,139 @@
+"""`llmops`: the platform's command line. Every command honours the variables in README "Configuration"."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from resources import settings
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def _setup() -> dict[str, str]:
+    values = settings.apply_defaults()
+    values[settings.DAGSTER_HOME] = str(settings.ensure_dagster_home())
+    Path(values[settings.LLMOPS_HOME]).mkdir(parents=True, exist_ok=True)
+    return values
+
+
+def _seed(traces: int, days: float, seed: int, experiment: str) -> None:
+    from tqdm import tqdm
+
+    from resources.agent.traffic import seed_demo
+
+    with tqdm(total=traces, desc="demo traces", unit="trace") as bar:
+        summary = seed_demo(traces, experiment=experiment, days=days, seed=seed, on_trace=lambda: bar.update(1))
+    click.echo(
+        f"Seeded {len(summary.trace_ids)} traces into experiment '{experiment}' (id {summary.experiment_id}): "
+        f"{summary.error_traces} errors, {summary.feedback} human feedback, {summary.judge_assessments} judge scores."
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """llmops-platform: MLflow traces -> DuckDB warehouse -> insights, orchestrated by Dagster."""
+
+
+@main.command("config")
+def config_command() -> None:
+    """Print the effective configuration (embedded defaults plus your environment)."""
+    for name, value in _setup().items():
+        click.echo(f"{name}={settings.mask_uri(value)}")
+
+
+@main.command("seed-demo")
+@click.option("--traces", default=300, show_default=True, type=click.IntRange(min=1), help="How many traces.")
+@click.option("--days", default=14.0, show_default=True, type=click.FloatRange(min=0.01), help="Spread over this many past days.")
+@click.option("--seed", default=7, show_default=True, help="Random seed: the same seed gives the same traffic.")
+@click.option("--experiment", default=None, help="Experiment name [default: $LLMOPS_DEMO_EXPERIMENT or llmops-demo].")
+def seed_demo_command(traces: int, days: float, seed: int, experiment: str | None) -> None:
+    """Write demo agent traffic (traces, feedback, judge scores) into the MLflow tracking store."""
+    _setup()
+    _seed(traces, days, seed, experiment or os.environ[settings.LLMOPS_DEMO_EXPERIMENT])
+
+
+def _materialize(job_name: str, run_config: dict | None = None) -> None:
+    import dagster as dg
+
+    from orchestration.definitions import defs
+
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        instance=dg.DagsterInstance.get(), run_config=run_config or {}, raise_on_error=False
+    )
+    if not result.success:
+        failure = next((e for e in result.all_events if e.is_failure), None)
+        raise click.ClickException(f"Job '{job_name}' failed: {failure.message if failure else 'see the run log'}")
+    click.echo(f"Job '{job_name}' succeeded (run {result.run_id}).")
+
+
+@main.command("extract")
+@click.option("--full-refresh", is_flag=True, help="Re-read every trace, not only new and changed ones.")
+def extract_command(full_refresh: bool) -> None:
+    """Copy new and changed traces into the warehouse (the `warehouse_refresh` job)."""
+    _setup()
+    _materialize("warehouse_refresh", {"ops": {"trace_warehouse": {"config": {"full_refresh": full_refresh}}}})
+
+
+@main.command("demo")
+@click.option("--traces", default=300, show_default=True, type=click.IntRange(min=1), help="Demo traces to seed.")
+@click.option("--reseed", is_flag=True, help="Seed more traffic even if the demo experiment already has traces.")
+def demo_command(traces: int, reseed: bool) -> None:
+    """Seed demo traffic (first time), materialize every asset, and say where everything is."""
+    values = _setup()
+    import mlflow
+
+    experiment = os.environ[settings.LLMOPS_DEMO_EXPERIMENT]
+    existing = mlflow.get_experiment_by_name(experiment)
+    has_traces = existing is not None and len(
+        mlflow.MlflowClient().search_traces(locations=[existing.experiment_id], max_results=1, include_spans=False)
+    )
+    if reseed or not has_traces:
+        _seed(traces, 14.0, 7, experiment)
+    else:
+        click.echo(f"Experiment '{experiment}' already has traces; use --reseed to add more.")
+    _materialize("main")
+
+    import duckdb
+
+    from resources.warehouse import CONTRACT_TABLES
+
+    with duckdb.connect(values[settings.LLMOPS_DUCKDB_PATH], read_only=True) as con:
+        counts = ", ".join(f"{t} {con.execute(f'SELECT count(*) FROM {t}').fetchone()[0]}" for t in CONTRACT_TABLES)
+    uri = values[settings.MLFLOW_TRACKING_URI]
+    click.echo(
+        f"""
+Results
+  MLflow tracking store  {settings.mask_uri(uri)}
+  DuckDB warehouse       {values[settings.LLMOPS_DUCKDB_PATH]}
+                         ({counts})
+  Dagster instance       {values[settings.DAGSTER_HOME]}
+
+Next
+  Dagster UI   uv run llmops ui                      -> http://127.0.0.1:3000
+  MLflow UI    uv run mlflow ui --backend-store-uri {uri} --port 5000
+  Query        uv run python -c "import duckdb; print(duckdb.connect('{values[settings.LLMOPS_DUCKDB_PATH]}', read_only=True).sql('SELECT status, count(*) FROM traces GROUP BY 1'))"
+"""
+    )
+
+
+@main.command("ui")
+@click.option("--port", default=3000, show_default=True, help="Port of the Dagster webserver.")
+def ui_command(port: int) -> None:
+    """Start the Dagster UI (`dagster dev`) on 127.0.0.1 with this platform's instance."""
+    _setup()
+    workspace = PROJECT_DIR / "workspace.yaml"
+    sys.exit(
+        subprocess.call(
+            [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)],
+            cwd=PROJECT_DIR,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

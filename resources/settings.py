@@ -1,0 +1,70 @@
+"""Embedded defaults and the environment variables that override them.
+
+Every component reads its location from the environment, so that the `llmops` CLI, `dagster dev`,
+`dagster asset materialize` and the tests all agree. `apply_defaults()` fills in whatever the user did
+not set, which lets Dagster resources read plain `EnvVar`s.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+LLMOPS_HOME = "LLMOPS_HOME"
+MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
+LLMOPS_DUCKDB_PATH = "LLMOPS_DUCKDB_PATH"
+LLMOPS_TRACE_SOURCE = "LLMOPS_TRACE_SOURCE"
+LLMOPS_DEMO_EXPERIMENT = "LLMOPS_DEMO_EXPERIMENT"
+DAGSTER_HOME = "DAGSTER_HOME"
+
+DEFAULT_DEMO_EXPERIMENT = "llmops-demo"
+
+# Dagster instance settings: one writer at a time for the DuckDB file (pool `duckdb_write`).
+_DAGSTER_YAML = """\
+# Written by llmops-platform. Runs that write the DuckDB warehouse share the pool `duckdb_write`.
+concurrency:
+  pools:
+    default_limit: 1
+telemetry:
+  enabled: false
+"""
+
+
+def llmops_home() -> Path:
+    return Path(os.environ.get(LLMOPS_HOME) or ".llmops").expanduser().resolve()
+
+
+def apply_defaults() -> dict[str, str]:
+    """Set every unset variable to its embedded default; return the effective values."""
+    home = llmops_home()
+    os.environ[LLMOPS_HOME] = str(home)
+    os.environ.setdefault(MLFLOW_TRACKING_URI, f"sqlite:///{home / 'mlflow.db'}")
+    os.environ.setdefault(LLMOPS_DUCKDB_PATH, str(home / "warehouse.duckdb"))
+    os.environ.setdefault(LLMOPS_TRACE_SOURCE, "auto")
+    os.environ.setdefault(LLMOPS_DEMO_EXPERIMENT, DEFAULT_DEMO_EXPERIMENT)
+    return {
+        name: os.environ[name]
+        for name in (LLMOPS_HOME, MLFLOW_TRACKING_URI, LLMOPS_DUCKDB_PATH, LLMOPS_TRACE_SOURCE)
+    }
+
+
+def ensure_dagster_home() -> Path:
+    """Use $DAGSTER_HOME, or create `$LLMOPS_HOME/dagster` with the instance settings we rely on."""
+    home = Path(os.environ.get(DAGSTER_HOME) or llmops_home() / "dagster").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(_DAGSTER_YAML)
+    os.environ[DAGSTER_HOME] = str(home)
+    return home
+
+
+def mask_uri(uri: str) -> str:
+    """Hide the password in `scheme://user:password@host/...` so a URI can be logged."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(uri).render_as_string(hide_password=True)
+    except ArgumentError:
+        return uri

@@ -1,0 +1,185 @@
+"""Where traces come from: MLflow's SQL tracking database (fast path) or its client/REST API.
+
+Both sources hand the extractor the same thing: relations shaped like MLflow's own SQL tables
+(`trace_info`, `spans`, `trace_tags`, `trace_request_metadata`, `assessments`), visible inside a
+DuckDB connection. The extractor turns them into the warehouse contract with one set of SQL
+(`assets/traces/extract.py`), so both sources give the same warehouse by construction.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Protocol
+
+import duckdb
+
+from resources.settings import mask_uri
+
+# The columns read from each MLflow table; the benchmark's bare scan reads exactly these.
+RAW_COLUMNS: dict[str, tuple[str, ...]] = {
+    "trace_info": (
+        "request_id", "experiment_id", "timestamp_ms", "execution_time_ms", "status", "client_request_id",
+        "request_preview", "response_preview", "trace_name", "session_id", "input_tokens", "output_tokens",
+        "total_tokens", "input_cost", "output_cost", "total_cost",
+    ),
+    "spans": (
+        "trace_id", "experiment_id", "span_id", "parent_span_id", "name", "type", "status",
+        "start_time_unix_nano", "end_time_unix_nano", "content", "total_cost", "model_name", "model_provider",
+    ),
+    "trace_tags": ("request_id", "key", "value"),
+    "trace_request_metadata": ("request_id", "key", "value"),
+    "assessments": (
+        "assessment_id", "trace_id", "experiment_id", "name", "assessment_type", "value", "error",
+        "created_timestamp", "last_updated_timestamp", "source_type", "source_id", "run_id", "span_id",
+        "rationale", "overrides", "valid",
+    ),
+}
+TRACE_ID_COLUMN = {
+    "trace_info": "request_id",
+    "spans": "trace_id",
+    "trace_tags": "request_id",
+    "trace_request_metadata": "request_id",
+    "assessments": "trace_id",
+}
+# MLflow 3.17 moved tokens, cost, session and trace name into trace_info/spans columns in this revision.
+FIRST_SUPPORTED_REVISION = "75868b020152"
+
+
+class SourceError(RuntimeError):
+    """The tracking store cannot be read; the message names the (masked) URI and what to do."""
+
+
+class TraceSource(Protocol):
+    label: str
+
+    def attach(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Make the source readable from `con`."""
+
+    def relation(self, con: duckdb.DuckDBPyConnection, table: str, only_changed: bool) -> str:
+        """A FROM-clause for `table`'s rows: all of them, or those of the traces in temp table `_changed`."""
+
+
+def _projection(table: str) -> str:
+    return ", ".join(f'"{c}"' for c in RAW_COLUMNS[table])
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sqlite_scanner_path() -> str:
+    import duckdb_extension_sqlite_scanner as pkg
+
+    version = duckdb.__version__
+    path = Path(pkg.__file__).parent / "extensions" / f"v{version}" / "sqlite_scanner.duckdb_extension"
+    if not path.exists():
+        raise SourceError(f"No sqlite_scanner extension for DuckDB {version} at {path}; reinstall the project.")
+    return str(path)
+
+
+class SqliteTrackingStore:
+    """MLflow's SQLite tracking store, read inside DuckDB's engine through the sqlite scanner."""
+
+    # Up to this many changed traces are read through SQLite's trace-id indexes; beyond it a full
+    # scan filtered in DuckDB is cheaper.
+    targeted_read_limit = 50_000
+    _chunk = 2_000
+
+    def __init__(self, uri: str):
+        if not uri.startswith("sqlite:///"):
+            raise SourceError(f"Not a SQLite tracking URI: {mask_uri(uri)}")
+        self.uri = uri
+        self.path = uri.removeprefix("sqlite:///").split("?")[0]
+        if not self.path.startswith("/"):
+            self.path = os.path.abspath(self.path)
+        self.label = f"sql:{uri}"
+
+    def attach(self, con: duckdb.DuckDBPyConnection) -> None:
+        if not Path(self.path).exists():
+            raise SourceError(
+                f"MLflow tracking store {self.uri} does not exist. Seed it with `llmops seed-demo` or "
+                "point MLFLOW_TRACKING_URI at your store."
+            )
+        con.execute(f"LOAD {_sql_string(sqlite_scanner_path())}")
+        con.execute(f"ATTACH {_sql_string(self.path)} AS src (TYPE sqlite, READ_ONLY)")
+        check_schema_revision(con, self.uri)
+
+    def relation(self, con: duckdb.DuckDBPyConnection, table: str, only_changed: bool) -> str:
+        key = TRACE_ID_COLUMN[table]
+        scan = f"(SELECT {_projection(table)} FROM src.{table}"
+        if not only_changed:
+            return scan + ")"
+        trace_ids = [row[0] for row in con.execute("SELECT trace_id FROM _changed").fetchall()]
+        if len(trace_ids) > self.targeted_read_limit:
+            return scan + f" WHERE {key} IN (SELECT trace_id FROM _changed))"
+        # Index lookups in SQLite itself: the scanner does not push filters down.
+        staged = f"_raw_{table}"
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {staged} AS SELECT {_projection(table)} FROM src.{table} LIMIT 0")
+        for start in range(0, len(trace_ids), self._chunk):
+            ids = ", ".join(_sql_string(t) for t in trace_ids[start : start + self._chunk])
+            query = f"SELECT {_projection(table)} FROM {table} WHERE {key} IN ({ids})"
+            con.execute(f"INSERT INTO {staged} SELECT * FROM sqlite_query('src', ?)", [query])
+        return staged
+
+
+def check_schema_revision(con: duckdb.DuckDBPyConnection, uri: str) -> str:
+    """Refuse stores older than MLflow 3.17's trace layout; return the store's alembic revision."""
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+
+    try:
+        revision = con.execute("SELECT version_num FROM src.alembic_version").fetchone()[0]
+    except duckdb.Error as exc:
+        raise SourceError(f"{mask_uri(uri)} is not an MLflow tracking store (no alembic_version): {exc}") from exc
+    script = ScriptDirectory.from_config(_get_alembic_config(uri))
+    supported = {r.revision for r in script.iterate_revisions(script.get_current_head(), FIRST_SUPPORTED_REVISION)}
+    if revision in supported:
+        return revision
+    if revision not in {r.revision for r in script.walk_revisions()}:
+        # Written by a newer MLflow than ours: accept it if the 3.17 columns are there.
+        columns = {
+            row[0]
+            for row in con.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE database_name = 'src' AND table_name = 'trace_info'"
+            ).fetchall()
+        }
+        if {"trace_name", "session_id", "total_tokens"} <= columns:
+            return revision
+    raise SourceError(
+        f"MLflow store {mask_uri(uri)} is at schema revision {revision}, older than MLflow 3.17's trace layout "
+        f"(revision {FIRST_SUPPORTED_REVISION}). The direct SQL reader supports MLflow 3.17 and later. Either "
+        "upgrade the store (`mlflow db upgrade <uri>`) or read it through MLflow's API with LLMOPS_TRACE_SOURCE=api."
+    )
+
+
+def source_for(uri: str, kind: str = "auto") -> TraceSource:
+    """Pick the source for a tracking URI. kind: auto | sql | api."""
+    if kind not in ("auto", "sql", "api"):
+        raise SourceError(f"LLMOPS_TRACE_SOURCE must be auto, sql or api, not {kind!r}")
+    if uri.startswith("sqlite:///") and kind in ("auto", "sql"):
+        return SqliteTrackingStore(uri)
+    raise SourceError(
+        f"No trace source for {mask_uri(uri)} with LLMOPS_TRACE_SOURCE={kind}: the direct SQL reader reads "
+        "SQLite stores (sqlite:///path)."
+    )
+
+
+def attach_with_retry(source: TraceSource, con: duckdb.DuckDBPyConnection, attempts: int = 4) -> None:
+    """Attach the source, retrying transient failures; the last error names the masked URI."""
+    delay = 0.5
+    for attempt in range(1, attempts + 1):
+        try:
+            source.attach(con)
+            return
+        except SourceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any I/O or HTTP failure is retried, then reported
+            if attempt == attempts:
+                raise SourceError(
+                    f"Could not read the MLflow tracking store {mask_uri(getattr(source, 'uri', source.label))} "
+                    f"after {attempts} attempts: {type(exc).__name__}: {exc}"
+                ) from exc
+            time.sleep(delay)
+            delay *= 2

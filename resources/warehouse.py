@@ -1,0 +1,167 @@
+"""The DuckDB warehouse: its schema (a public contract, see README "Warehouse schema") and connections.
+
+DuckDB lets one process write a file and locks every other process out while it does, so writers
+keep their connection short and everybody opens with a retry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import dagster as dg
+import duckdb
+
+# Each entry migrates the schema one version up. Append only: users' SQL depends on these names.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE traces (
+        trace_id VARCHAR PRIMARY KEY,
+        experiment_id VARCHAR NOT NULL,
+        timestamp_ms BIGINT NOT NULL,
+        request_time TIMESTAMP NOT NULL,          -- UTC
+        execution_time_ms BIGINT,
+        status VARCHAR NOT NULL,                  -- OK | ERROR | IN_PROGRESS
+        client_request_id VARCHAR,
+        trace_name VARCHAR,
+        session_id VARCHAR,
+        input_tokens BIGINT,
+        output_tokens BIGINT,
+        total_tokens BIGINT,
+        input_cost DOUBLE,
+        output_cost DOUBLE,
+        total_cost DOUBLE,
+        request_preview VARCHAR,
+        response_preview VARCHAR
+    );
+    CREATE TABLE spans (
+        trace_id VARCHAR NOT NULL,
+        span_id VARCHAR NOT NULL,
+        parent_span_id VARCHAR,
+        experiment_id VARCHAR NOT NULL,
+        name VARCHAR,
+        span_type VARCHAR,
+        status VARCHAR,
+        status_message VARCHAR,
+        start_time_ns BIGINT NOT NULL,
+        end_time_ns BIGINT,
+        duration_ms DOUBLE,
+        model_name VARCHAR,
+        model_provider VARCHAR,
+        input_tokens BIGINT,
+        output_tokens BIGINT,
+        total_tokens BIGINT,
+        total_cost DOUBLE,
+        content_error VARCHAR                     -- why the span's JSON content could not be read
+    );
+    CREATE TABLE trace_tags (trace_id VARCHAR NOT NULL, key VARCHAR NOT NULL, value VARCHAR);
+    CREATE TABLE trace_metadata (trace_id VARCHAR NOT NULL, key VARCHAR NOT NULL, value VARCHAR);
+    CREATE TABLE assessments (
+        assessment_id VARCHAR PRIMARY KEY,
+        trace_id VARCHAR NOT NULL,
+        experiment_id VARCHAR,
+        name VARCHAR NOT NULL,
+        assessment_type VARCHAR NOT NULL,         -- feedback | expectation
+        value_json VARCHAR,
+        value_type VARCHAR,                       -- boolean | numeric | string | json
+        bool_value BOOLEAN,
+        numeric_value DOUBLE,
+        string_value VARCHAR,
+        error_json VARCHAR,
+        source_type VARCHAR NOT NULL,
+        source_id VARCHAR,
+        rationale VARCHAR,
+        span_id VARCHAR,
+        run_id VARCHAR,
+        overrides VARCHAR,
+        created_ms BIGINT NOT NULL,
+        last_updated_ms BIGINT NOT NULL,
+        valid BOOLEAN NOT NULL
+    );
+    CREATE INDEX traces_client_request_id ON traces (client_request_id);
+    -- Bookkeeping for incremental extraction: one fingerprint per trace, as of the last committed run.
+    CREATE TABLE _trace_state (
+        trace_id VARCHAR NOT NULL,
+        source VARCHAR NOT NULL,
+        fingerprint UBIGINT NOT NULL,
+        status VARCHAR NOT NULL
+    );
+    CREATE TABLE _extract_runs (
+        run_started_at TIMESTAMP NOT NULL,
+        source VARCHAR NOT NULL,
+        mode VARCHAR NOT NULL,
+        source_traces BIGINT NOT NULL,
+        changed_traces BIGINT NOT NULL,
+        deleted_traces BIGINT NOT NULL,
+        max_timestamp_ms BIGINT,
+        max_assessment_updated_ms BIGINT,
+        seconds DOUBLE NOT NULL
+    );
+    """,
+]
+
+CONTRACT_TABLES = ("traces", "spans", "trace_tags", "trace_metadata", "assessments")
+T = TypeVar("T")
+
+
+def migrate(con: duckdb.DuckDBPyConnection, catalog: str | None = None) -> int:
+    """Bring the schema of `catalog` (default: the connection's own) up to date; return its version."""
+    if catalog:
+        con.execute(f"USE {catalog}")
+    try:
+        con.execute("CREATE TABLE IF NOT EXISTS _schema_version (version INTEGER NOT NULL)")
+        version = con.execute("SELECT coalesce(max(version), 0) FROM _schema_version").fetchone()[0]
+        for number, ddl in enumerate(MIGRATIONS[version:], start=version + 1):
+            con.execute("BEGIN")
+            con.execute(ddl)
+            con.execute("INSERT INTO _schema_version VALUES (?)", [number])
+            con.execute("COMMIT")
+    finally:
+        if catalog:
+            con.execute("USE memory")
+    return len(MIGRATIONS)
+
+
+def retry_while_locked(action: Callable[[], T], timeout_s: float = 120.0) -> T:
+    """Run `action` (an open or ATTACH of a DuckDB file), waiting while another process holds its lock."""
+    delay, deadline = 0.05, time.monotonic() + timeout_s
+    while True:
+        try:
+            return action()
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def attach(con: duckdb.DuckDBPyConnection, path: str, alias: str, timeout_s: float = 120.0) -> None:
+    quoted = "'" + path.replace("'", "''") + "'"
+    retry_while_locked(lambda: con.execute(f"ATTACH {quoted} AS {alias}"), timeout_s)
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The DuckDB warehouse file (`LLMOPS_DUCKDB_PATH`, default `$LLMOPS_HOME/warehouse.duckdb`)."""
+
+    path: str
+    lock_timeout_s: float = 120.0
+
+    def ensure_schema(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        with self.connect() as con:
+            migrate(con)
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        if read_only and not Path(self.path).exists():
+            raise FileNotFoundError(
+                f"The warehouse {self.path} does not exist yet: materialize the `traces` group first."
+            )
+        con = retry_while_locked(lambda: duckdb.connect(self.path, read_only=read_only), self.lock_timeout_s)
+        try:
+            yield con
+        finally:
+            con.close()
