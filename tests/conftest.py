@@ -1,0 +1,65 @@
+"""Fixtures: real MLflow SQLite stores written through MLflow's APIs, real DuckDB files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"  # feedback is logged right after each trace
+
+import mlflow  # noqa: E402
+import pytest  # noqa: E402
+from mlflow.entities import AssessmentSource, AssessmentSourceType  # noqa: E402
+
+from resources.agent.traffic import seed_demo  # noqa: E402
+
+HOSTILE_TAGS = {
+    "note": "it's a \"quoted\" value; DROP TABLE traces; --",
+    "sql": "' OR 1=1 --",
+    "multi line": "line one\nline two \\ backslash",
+}
+
+
+@dataclass
+class Store:
+    path: Path
+    experiment_id: str
+    trace_ids: list[str] = field(default_factory=list)
+
+    @property
+    def uri(self) -> str:
+        return f"sqlite:///{self.path}"
+
+
+@pytest.fixture(scope="session")
+def seeded_store(tmp_path_factory) -> Store:
+    """A demo store built once per session: 60 demo traces, hostile tags, an expectation with a JSON value."""
+    path = tmp_path_factory.mktemp("seed") / "mlflow.db"
+    mlflow.set_tracking_uri(f"sqlite:///{path}")
+    summary = seed_demo(60, experiment="llmops-demo", seed=11)
+    first = summary.trace_ids[0]
+    for key, value in HOSTILE_TAGS.items():
+        mlflow.set_trace_tag(first, key, value)
+    mlflow.log_expectation(
+        trace_id=summary.trace_ids[1], name="expected_facts", value={"facts": ["kb-101", "hourly"], "n": 2},
+        source=AssessmentSource(AssessmentSourceType.HUMAN, "expert-1"),
+    )
+    mlflow.log_expectation(trace_id=summary.trace_ids[2], name="expected_answer", value="Refresh from the menu.")
+    return Store(path, summary.experiment_id, summary.trace_ids)
+
+
+@pytest.fixture
+def store(seeded_store: Store, tmp_path: Path) -> Store:
+    """A private copy of the seeded store, set as the current tracking URI, for tests that change it."""
+    path = tmp_path / "mlflow.db"
+    shutil.copyfile(seeded_store.path, path)
+    copy = Store(path, seeded_store.experiment_id, list(seeded_store.trace_ids))
+    mlflow.set_tracking_uri(copy.uri)
+    return copy
+
+
+@pytest.fixture
+def warehouse_path(tmp_path: Path) -> str:
+    return str(tmp_path / "warehouse.duckdb")

@@ -1,0 +1,165 @@
+"""The warehouse equals what MLflow returns, stays exact across incremental runs, and survives a kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import mlflow
+import pytest
+from mlflow.entities import AssessmentSource, AssessmentSourceType
+
+from assets.traces.extract import extract_traces
+from resources.agent.traffic import seed_demo
+from resources.trace_sources import SourceError, SqliteTrackingStore, source_for
+from tests.conftest import HOSTILE_TAGS, Store
+from tests.oracle import mlflow_rows, table_dump, warehouse_rows
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def assert_matches_mlflow(store: Store, warehouse_path: str) -> None:
+    expected, actual = mlflow_rows(store.uri, [store.experiment_id]), warehouse_rows(warehouse_path)
+    for table in expected:
+        assert actual[table] == expected[table], (
+            f"{table}: missing {sorted(expected[table] - actual[table])[:3]}, extra {sorted(actual[table] - expected[table])[:3]}"
+        )
+
+
+def test_full_extract_equals_mlflow(seeded_store: Store, warehouse_path: str):
+    result = extract_traces(SqliteTrackingStore(seeded_store.uri), warehouse_path)
+    assert result.mode == "full"
+    assert result.source_traces == len(seeded_store.trace_ids) == result.changed_traces
+    assert_matches_mlflow(seeded_store, warehouse_path)
+    with duckdb.connect(warehouse_path, read_only=True) as con:
+        tags = dict(con.execute("SELECT key, value FROM trace_tags WHERE trace_id = ?", [seeded_store.trace_ids[0]]).fetchall())
+        assert {k: tags[k] for k in HOSTILE_TAGS} == HOSTILE_TAGS
+        types = dict(con.execute("SELECT value_type, count(*) FROM assessments GROUP BY 1").fetchall())
+        assert set(types) == {"boolean", "numeric", "string", "json"}
+        # request_time is the UTC wall time of timestamp_ms
+        assert con.execute(
+            "SELECT count(*) FROM traces WHERE epoch_ms(request_time) <> timestamp_ms"
+        ).fetchone()[0] == 0
+        span_types = {r[0] for r in con.execute("SELECT DISTINCT span_type FROM spans").fetchall()}
+        assert {"AGENT", "CHAT_MODEL", "TOOL", "RETRIEVER"} <= span_types
+        assert con.execute("SELECT count(*) FROM traces WHERE client_request_id IS NULL").fetchone()[0] == 0
+
+
+def test_rerun_with_nothing_new_changes_nothing(seeded_store: Store, warehouse_path: str):
+    source = SqliteTrackingStore(seeded_store.uri)
+    extract_traces(source, warehouse_path)
+    before = table_dump(warehouse_path)
+    result = extract_traces(source, warehouse_path)
+    assert (result.mode, result.changed_traces, result.deleted_traces) == ("unchanged", 0, 0)
+    assert table_dump(warehouse_path) == before
+
+
+def make_late_changes(store: Store) -> None:
+    """Feedback, tags, an assessment override, a deleted trace and new traces, all after a first extract."""
+    old, other, gone = store.trace_ids[5], store.trace_ids[6], store.trace_ids[7]
+    mlflow.log_feedback(trace_id=old, name="user_thumbs", value=False, rationale="late and negative",
+                        source=AssessmentSource(AssessmentSourceType.HUMAN, "late-user"))
+    mlflow.set_trace_tag(other, "reviewed", "yes")
+    mlflow.set_trace_tag(other, "persona", "changed-persona")
+    mlflow.delete_trace_tag(old, "channel")
+    judge = next(a for a in mlflow.get_trace(other).info.assessments if a.name == "relevance")
+    mlflow.override_feedback(trace_id=other, assessment_id=judge.assessment_id, value=0.1, rationale="human fix")
+    mlflow.MlflowClient().delete_traces(store.experiment_id, trace_ids=[gone])
+    seed_demo(5, experiment="llmops-demo", seed=99)
+
+
+def test_late_changes_appear_on_next_run(store: Store, warehouse_path: str, tmp_path: Path):
+    source = SqliteTrackingStore(store.uri)
+    extract_traces(source, warehouse_path)
+    make_late_changes(store)
+    result = extract_traces(source, warehouse_path)
+    assert result.mode == "incremental"
+    assert result.deleted_traces == 1
+    assert result.changed_traces == 2 + 5  # two old traces changed, five new ones
+    assert_matches_mlflow(store, warehouse_path)
+    fresh = str(tmp_path / "fresh.duckdb")
+    extract_traces(source, fresh)
+    assert warehouse_rows(warehouse_path) == warehouse_rows(fresh)
+
+
+KILL_SCRIPT = """
+import sys, time
+from assets.traces.extract import extract_traces
+from resources.trace_sources import SqliteTrackingStore
+
+uri, warehouse, kill_at, marker = sys.argv[1:5]
+
+def progress(message):
+    if message.startswith(kill_at):
+        open(marker, "w").close()
+        time.sleep(600)
+
+extract_traces(SqliteTrackingStore(uri), warehouse, progress=progress)
+"""
+
+
+@pytest.mark.parametrize("kill_at", ["fingerprinted", "traces:", "assessments:"])
+def test_killed_run_leaves_warehouse_consistent(store: Store, warehouse_path: str, tmp_path: Path, kill_at: str):
+    source = SqliteTrackingStore(store.uri)
+    extract_traces(source, warehouse_path)
+    make_late_changes(store)
+    before = table_dump(warehouse_path)
+    marker = tmp_path / "reached"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, store.uri, warehouse_path, kill_at, str(marker)],
+        cwd=PROJECT_DIR, env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, "the extract ended before it reached the kill point"
+            assert time.monotonic() < deadline, "the extract never reached the kill point"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert table_dump(warehouse_path) == before  # nothing of the killed run is visible
+    extract_traces(source, warehouse_path)
+    assert_matches_mlflow(store, warehouse_path)
+
+
+def test_unparsable_span_content_is_reported_not_fatal(store: Store, warehouse_path: str):
+    victim = store.trace_ids[3]
+    with sqlite3.connect(store.path) as db:
+        span_id = db.execute("SELECT span_id FROM spans WHERE trace_id = ? AND type = 'TOOL' LIMIT 1", [victim]).fetchone()
+        span_id = span_id[0] if span_id else db.execute("SELECT span_id FROM spans WHERE trace_id = ? LIMIT 1", [victim]).fetchone()[0]
+        db.execute("UPDATE spans SET content = '{\"truncated\": ' WHERE trace_id = ? AND span_id = ?", [victim, span_id])
+        spans_of_victim = db.execute("SELECT count(*) FROM spans WHERE trace_id = ?", [victim]).fetchone()[0]
+    result = extract_traces(SqliteTrackingStore(store.uri), warehouse_path)
+    assert result.bad_span_count == 1
+    assert result.bad_spans == [(victim, span_id, "span content is not valid JSON")]
+    with duckdb.connect(warehouse_path, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM spans WHERE trace_id = ?", [victim]).fetchone()[0] == spans_of_victim
+        assert con.execute("SELECT count(*) FROM traces WHERE trace_id = ?", [victim]).fetchone()[0] == 1
+        assert con.execute("SELECT count(*) FROM assessments").fetchone()[0] > 0
+
+
+def test_missing_store_is_a_clear_error(tmp_path: Path, warehouse_path: str):
+    uri = f"sqlite:///{tmp_path}/nope.db"
+    with pytest.raises(SourceError, match="does not exist"):
+        extract_traces(source_for(uri), warehouse_path)
+
+
+def test_pre_317_store_is_refused_with_the_supported_range(store: Store, warehouse_path: str):
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE alembic_version SET version_num = 'b7e2c1a4d9f3'")  # the revision before 3.17's layout
+    with pytest.raises(SourceError, match=r"older than MLflow 3\.17.*LLMOPS_TRACE_SOURCE=api"):
+        extract_traces(SqliteTrackingStore(store.uri), warehouse_path)
+    assert not Path(warehouse_path).exists()
+
+
+def test_unknown_source_kind_names_the_choices():
+    with pytest.raises(SourceError, match="auto, sql or api"):
+        source_for("sqlite:///x.db", "parquet")

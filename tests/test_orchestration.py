@@ -1,0 +1,115 @@
+"""The Dagster definitions, the traces assets and checks on a real instance, and the command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from assets.traces.assets import CHECKS, trace_warehouse
+from resources.mlflow import MlflowResource
+from resources.warehouse import CONTRACT_TABLES, WarehouseResource
+from tests.conftest import Store
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+LLMOPS = [sys.executable, "-m", "orchestration.cli"]
+
+
+def test_definitions_load_with_every_traces_asset_in_its_group():
+    from orchestration.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == set(CONTRACT_TABLES)
+    assert all(graph.get(key).group_name == "traces" for key in graph.get_all_asset_keys())
+    assert {job.name for job in defs.jobs} >= {"main", "warehouse_refresh"}
+
+
+def test_materialize_writes_warehouse_and_passes_checks(seeded_store: Store, warehouse_path: str):
+    resources = {
+        "mlflow": MlflowResource(tracking_uri=seeded_store.uri),
+        "warehouse": WarehouseResource(path=warehouse_path),
+    }
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([trace_warehouse], resources=resources, instance=instance)
+        assert result.success
+        checks = result.get_asset_check_evaluations()
+        assert len(checks) == sum(map(len, CHECKS.values())) == 11 and all(c.passed for c in checks), [c.check_name for c in checks if not c.passed]
+        traces = next(m for m in result.asset_materializations_for_node("trace_warehouse") if m.asset_key.path == ["traces"])
+        assert traces.metadata["rows"].value == len(seeded_store.trace_ids)
+        assert traces.metadata["mode"].value == "full"
+        assert "| request_time |" in traces.metadata["latest_traces"].value
+        again = dg.materialize([trace_warehouse], resources=resources, instance=instance)
+        traces = next(m for m in again.asset_materializations_for_node("trace_warehouse") if m.asset_key.path == ["traces"])
+        assert traces.metadata["mode"].value == "unchanged"
+
+
+def test_orphan_rows_fail_the_check(seeded_store: Store, warehouse_path: str):
+    resources = {
+        "mlflow": MlflowResource(tracking_uri=seeded_store.uri),
+        "warehouse": WarehouseResource(path=warehouse_path),
+    }
+    with dg.instance_for_test() as instance:
+        dg.materialize([trace_warehouse], resources=resources, instance=instance)
+        with duckdb.connect(warehouse_path) as con:
+            con.execute("INSERT INTO spans (trace_id, span_id, experiment_id, start_time_ns) VALUES ('tr-ghost', 's1', '1', 0)")
+        result = dg.materialize([trace_warehouse], resources=resources, instance=instance, raise_on_error=False)
+        failed = {(c.asset_key.to_user_string(), c.check_name) for c in result.get_asset_check_evaluations() if not c.passed}
+        assert failed == {("spans", "no_orphans")}
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMOPS_", "DAGSTER_", "MLFLOW_TRACKING"))}
+    return {**env, "LLMOPS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(PROJECT_DIR), **extra}
+
+
+def test_dagster_cli_materializes_traces_group_from_env(seeded_store: Store, tmp_path: Path):
+    """`dagster asset materialize` honours MLFLOW_TRACKING_URI and LLMOPS_DUCKDB_PATH."""
+    warehouse = tmp_path / "elsewhere" / "wh.duckdb"
+    env = _env(tmp_path, MLFLOW_TRACKING_URI=seeded_store.uri, LLMOPS_DUCKDB_PATH=str(warehouse),
+               DAGSTER_HOME=str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "orchestration.definitions", "--select", "group:traces"],
+        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM traces").fetchone()[0] == len(seeded_store.trace_ids)
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["seed-demo"], ["extract"], ["config"], ["ui"]])
+def test_every_command_has_help(command: list[str]):
+    done = subprocess.run([*LLMOPS, *command, "--help"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Usage:" in done.stdout
+
+
+def test_demo_command_seeds_materializes_and_reports(tmp_path: Path):
+    done = subprocess.run([*LLMOPS, "demo", "--traces", "12"], cwd=PROJECT_DIR, env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    home = tmp_path / "home"
+    assert f"sqlite:///{home}/mlflow.db" in done.stdout
+    assert "llmops ui" in done.stdout and "mlflow ui" in done.stdout
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM traces").fetchone()[0] == 12
+    assert (home / "dagster" / "dagster.yaml").exists()
+    # A second run reuses the store instead of seeding again.
+    again = subprocess.run([*LLMOPS, "demo", "--traces", "12"], cwd=PROJECT_DIR, env=_env(tmp_path),
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "already has traces" in again.stdout
+
+
+def test_bad_tracking_uri_fails_with_masked_uri(tmp_path: Path):
+    env = _env(tmp_path, MLFLOW_TRACKING_URI="postgresql://admin:s3cret@127.0.0.1:1/mlflow")
+    done = subprocess.run([*LLMOPS, "extract"], cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "postgresql://admin:***@127.0.0.1:1/mlflow" in output
+    assert "s3cret" not in output
