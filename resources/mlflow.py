@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import dagster as dg
 
 from resources.trace_sources import TraceSource, source_for
@@ -17,5 +19,5 @@ class MlflowResource(dg.ConfigurableResource):
     tracking_uri: str
     trace_source: str = "auto"
 
-    def traces(self) -> TraceSource:
-        return source_for(self.tracking_uri, self.trace_source)
+    def traces(self, progress: Callable[[str], None] | None = None) -> TraceSource:
+        return source_for(self.tracking_uri, self.trace_source, progress)

@@ -61,10 +61,15 @@ def ensure_dagster_home() -> Path:
 
 def mask_uri(uri: str) -> str:
     """Hide the password in `scheme://user:password@host/...` so a URI can be logged."""
+    password = make_url_password(uri)
+    return uri.replace(f":{password}@", ":***@", 1) if password else uri
+
+
+def make_url_password(uri: str) -> str | None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(uri).render_as_string(hide_password=True)
+        return make_url(uri).password
     except ArgumentError:
-        return uri
+        return None

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import duckdb
 
-from resources.settings import mask_uri
+from resources.settings import make_url_password, mask_uri
 
 # The columns read from each MLflow table; the benchmark's bare scan reads exactly these.
 RAW_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -52,7 +53,10 @@ class SourceError(RuntimeError):
 
 
 class TraceSource(Protocol):
+    uri: str
     label: str
+    attach_attempts: int
+    retry_note: str
 
     def attach(self, con: duckdb.DuckDBPyConnection) -> None:
         """Make the source readable from `con`."""
@@ -86,6 +90,8 @@ class SqliteTrackingStore:
     # scan filtered in DuckDB is cheaper.
     targeted_read_limit = 50_000
     _chunk = 2_000
+    attach_attempts = 4
+    retry_note = "(SQLite busy or unreadable)"
 
     def __init__(self, uri: str):
         if not uri.startswith("sqlite:///"):
@@ -154,21 +160,25 @@ def check_schema_revision(con: duckdb.DuckDBPyConnection, uri: str) -> str:
     )
 
 
-def source_for(uri: str, kind: str = "auto") -> TraceSource:
-    """Pick the source for a tracking URI. kind: auto | sql | api."""
+def source_for(uri: str, kind: str = "auto", progress: Callable[[str], None] | None = None) -> TraceSource:
+    """Pick the source for a tracking URI. kind: auto (sql for sqlite:/// URIs, else api) | sql | api."""
     if kind not in ("auto", "sql", "api"):
         raise SourceError(f"LLMOPS_TRACE_SOURCE must be auto, sql or api, not {kind!r}")
-    if uri.startswith("sqlite:///") and kind in ("auto", "sql"):
+    if kind == "api" or (kind == "auto" and not uri.startswith("sqlite:///")):
+        from resources.api_trace_source import ApiTrackingStore
+
+        return ApiTrackingStore(uri, progress)
+    if uri.startswith("sqlite:///"):
         return SqliteTrackingStore(uri)
     raise SourceError(
-        f"No trace source for {mask_uri(uri)} with LLMOPS_TRACE_SOURCE={kind}: the direct SQL reader reads "
-        "SQLite stores (sqlite:///path)."
+        f"LLMOPS_TRACE_SOURCE=sql reads SQLite stores (sqlite:///path) only; {mask_uri(uri)} is not one. "
+        "Use LLMOPS_TRACE_SOURCE=api (or auto)."
     )
 
 
-def attach_with_retry(source: TraceSource, con: duckdb.DuckDBPyConnection, attempts: int = 4) -> None:
-    """Attach the source, retrying transient failures; the last error names the masked URI."""
-    delay = 0.5
+def attach_with_retry(source: TraceSource, con: duckdb.DuckDBPyConnection) -> None:
+    """Attach the source, retrying transient failures; the final error names the URI with secrets masked."""
+    attempts, delay = source.attach_attempts, 0.5
     for attempt in range(1, attempts + 1):
         try:
             source.attach(con)
@@ -177,9 +187,14 @@ def attach_with_retry(source: TraceSource, con: duckdb.DuckDBPyConnection, attem
             raise
         except Exception as exc:  # noqa: BLE001 - any I/O or HTTP failure is retried, then reported
             if attempt == attempts:
+                uri = source.uri
+                reason = f"{type(exc).__name__}: {exc}"
+                password = make_url_password(uri)
+                if password:
+                    reason = reason.replace(password, "***")
                 raise SourceError(
-                    f"Could not read the MLflow tracking store {mask_uri(getattr(source, 'uri', source.label))} "
-                    f"after {attempts} attempts: {type(exc).__name__}: {exc}"
+                    f"Could not read the MLflow tracking store {mask_uri(uri)} after {attempts} attempt(s) "
+                    f"{source.retry_note}: {reason}"
                 ) from exc
             time.sleep(delay)
             delay *= 2

@@ -51,7 +51,7 @@ class ExtractConfig(dg.Config):
 def trace_warehouse(context: dg.AssetExecutionContext, config: ExtractConfig, mlflow: MlflowResource,
                     warehouse: WarehouseResource):
     result: ExtractResult = extract_traces(
-        mlflow.traces(), warehouse.path, full_refresh=config.full_refresh, progress=context.log.info
+        mlflow.traces(context.log.info), warehouse.path, full_refresh=config.full_refresh, progress=context.log.info
     )
     with warehouse.connect(read_only=True) as con:
         summary = warehouse_summary(con)

@@ -33,6 +33,8 @@ TRACE_NAME_TAG = "mlflow.traceName"
 # (traces.session_id, *_tokens, *_cost) instead of JSON strings.
 PROMOTED_METADATA_KEYS = ("mlflow.trace.session", "mlflow.trace.tokenUsage", "mlflow.trace.cost")
 _WAREHOUSE = "wh"
+# Costs are rounded to 1e-12 USD: MLflow's cost columns and the cost JSON its API returns differ in the
+# last bit of the float, and the two sources must give the same warehouse.
 
 
 def fingerprint_sql(rel: Callable[[str], str]) -> str:
@@ -60,8 +62,8 @@ def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
         "traces": f"""
             SELECT request_id, CAST(experiment_id AS VARCHAR), timestamp_ms, make_timestamp(timestamp_ms * 1000),
                    execution_time_ms, status, client_request_id, trace_name, session_id, input_tokens,
-                   output_tokens, total_tokens, input_cost, output_cost, total_cost, request_preview,
-                   response_preview
+                   output_tokens, total_tokens, round(input_cost, 12), round(output_cost, 12),
+                   round(total_cost, 12), request_preview, response_preview
             FROM {rel('trace_info')}""",
         # CASE evaluates branches only for rows that reach them, so broken JSON never reaches json_* calls.
         "spans": f"""
@@ -73,7 +75,7 @@ def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
                    CASE WHEN json_valid(usage) THEN TRY_CAST(json_extract(usage, '$.input_tokens') AS BIGINT) END,
                    CASE WHEN json_valid(usage) THEN TRY_CAST(json_extract(usage, '$.output_tokens') AS BIGINT) END,
                    CASE WHEN json_valid(usage) THEN TRY_CAST(json_extract(usage, '$.total_tokens') AS BIGINT) END,
-                   total_cost, content_error
+                   round(total_cost, 12), content_error
             FROM (
                 SELECT *, CASE WHEN content_error IS NULL
                                THEN json_extract_string(content, '$.attributes."mlflow.chat.tokenUsage"') END AS usage

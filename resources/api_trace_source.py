@@ -1,0 +1,161 @@
+"""Traces read through MLflow's client API: remote tracking servers, Databricks, or any store URI.
+
+It rebuilds the rows of MLflow's own SQL tables from the API's entities (as Arrow tables registered in
+DuckDB), so the extractor's SQL is the same as for the direct SQLite reader and both give the same
+warehouse. Trace infos (with tags, metadata and assessments) are paged with the upper time bound pinned at
+the start of the run, so new traces cannot shift the pages; spans are fetched only for changed traces.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import duckdb
+import pyarrow as pa
+from mlflow import MlflowClient
+from mlflow.entities import Span, TraceInfo, ViewType
+from mlflow.tracing.client import TracingClient
+
+from resources.settings import mask_uri
+from resources.trace_sources import RAW_COLUMNS, TRACE_ID_COLUMN
+
+_TYPES = {
+    "experiment_id": pa.string(), "timestamp_ms": pa.int64(), "execution_time_ms": pa.int64(),
+    "input_tokens": pa.int64(), "output_tokens": pa.int64(), "total_tokens": pa.int64(),
+    "input_cost": pa.float64(), "output_cost": pa.float64(), "total_cost": pa.float64(),
+    "start_time_unix_nano": pa.int64(), "end_time_unix_nano": pa.int64(),
+    "created_timestamp": pa.int64(), "last_updated_timestamp": pa.int64(), "valid": pa.bool_(),
+}
+
+
+def _arrow(table: str, rows: list[dict]) -> pa.Table:
+    schema = pa.schema([(c, _TYPES.get(c, pa.string())) for c in RAW_COLUMNS[table]])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _json_dict(text: str | None) -> dict:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def trace_info_rows(info: TraceInfo) -> dict[str, list[dict]]:
+    """The rows MLflow's SQL store keeps for one trace info (3.17 layout)."""
+    meta, tid = info.trace_metadata, info.trace_id
+    usage, cost = _json_dict(meta.get("mlflow.trace.tokenUsage")), _json_dict(meta.get("mlflow.trace.cost"))
+    rows: dict[str, list[dict]] = {
+        "trace_info": [{
+            "request_id": tid, "experiment_id": info.experiment_id, "timestamp_ms": info.request_time,
+            "execution_time_ms": info.execution_duration, "status": info.state.value,
+            "client_request_id": info.client_request_id, "request_preview": info.request_preview,
+            "response_preview": info.response_preview, "trace_name": info.tags.get("mlflow.traceName"),
+            "session_id": meta.get("mlflow.trace.session"),
+            **{k: usage.get(k) for k in ("input_tokens", "output_tokens", "total_tokens")},
+            **{k: cost.get(k) for k in ("input_cost", "output_cost", "total_cost")},
+        }],
+        "trace_tags": [{"request_id": tid, "key": k, "value": v} for k, v in info.tags.items()],
+        "trace_request_metadata": [{"request_id": tid, "key": k, "value": v} for k, v in meta.items()],
+        "assessments": [],
+    }
+    for a in info.assessments:
+        if a.feedback is not None:
+            kind, value = "feedback", a.feedback.value
+            error = json.dumps(a.feedback.error.to_dictionary()) if a.feedback.error else None
+        elif a.expectation is not None:
+            kind, value, error = "expectation", a.expectation.value, None
+        else:
+            kind, value, error = "issue", a.issue.to_dictionary(), None
+        rows["assessments"].append({
+            "assessment_id": a.assessment_id, "trace_id": tid, "experiment_id": info.experiment_id,
+            "name": a.name, "assessment_type": kind, "value": json.dumps(value), "error": error,
+            "created_timestamp": a.create_time_ms, "last_updated_timestamp": a.last_update_time_ms,
+            "source_type": a.source.source_type, "source_id": a.source.source_id, "run_id": a.run_id,
+            "span_id": a.span_id, "rationale": a.rationale, "overrides": a.overrides,
+            # MLflow's REST conversion drops `valid` for expectations, which are never overridden: valid.
+            "valid": True if a.valid is None else a.valid,
+        })
+    return rows
+
+
+def span_row(trace_id: str, experiment_id: str, span: Span) -> dict:
+    cost = span.get_attribute("mlflow.llm.cost")
+    return {
+        "trace_id": trace_id, "experiment_id": experiment_id, "span_id": span.span_id,
+        "parent_span_id": span.parent_id, "name": span.name, "type": span.span_type,
+        "status": span.status.status_code.value, "start_time_unix_nano": span.start_time_ns,
+        "end_time_unix_nano": span.end_time_ns, "content": json.dumps(span.to_dict()),
+        "total_cost": cost.get("total_cost") if isinstance(cost, dict) else None,
+        "model_name": span.get_attribute("mlflow.llm.model"),
+        "model_provider": span.get_attribute("mlflow.llm.provider"),
+    }
+
+
+class ApiTrackingStore:
+    """Any tracking URI MLflow's client accepts (http(s)://, databricks, postgresql://, sqlite:///...)."""
+
+    page_size = 500
+    batch_size = 100
+    # MLflow's HTTP client already retries every call with backoff (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+    # MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_TIMEOUT); retrying on top would multiply the wait.
+    attach_attempts = 1
+    retry_note = "(with MLflow's HTTP retries)"
+
+    def __init__(self, uri: str, progress: Callable[[str], None] | None = None):
+        self.uri = uri
+        self.label = f"api:{mask_uri(uri)}"
+        self.progress = progress or (lambda message: None)
+        self._tables: dict[str, pa.Table] = {}  # kept alive: DuckDB reads them in place
+
+    def attach(self, con: duckdb.DuckDBPyConnection) -> None:
+        client = MlflowClient(tracking_uri=self.uri)
+        experiment_ids = [
+            e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=50_000)
+        ]
+        bound_ms = int(time.time() * 1000)
+        rows: dict[str, list[dict]] = {t: [] for t in ("trace_info", "trace_tags", "trace_request_metadata", "assessments")}
+        seen: set[str] = set()
+        for start in range(0, len(experiment_ids), 50):
+            token = None
+            while True:
+                page = client.search_traces(
+                    locations=experiment_ids[start : start + 50], filter_string=f"trace.timestamp_ms <= {bound_ms}",
+                    max_results=self.page_size, page_token=token, include_spans=False,
+                )
+                for trace in page:
+                    if trace.info.trace_id not in seen:  # an offset page may repeat a row after concurrent writes
+                        seen.add(trace.info.trace_id)
+                        for table, table_rows in trace_info_rows(trace.info).items():
+                            rows[table].extend(table_rows)
+                self.progress(f"listed {len(seen)} traces")
+                token = page.token
+                if not token:
+                    break
+        for table, table_rows in rows.items():
+            self._register(con, table, _arrow(table, table_rows))
+
+    def relation(self, con: duckdb.DuckDBPyConnection, table: str, only_changed: bool) -> str:
+        if table == "spans":
+            self._fetch_spans(con, only_changed)
+        where = f" WHERE {TRACE_ID_COLUMN[table]} IN (SELECT trace_id FROM _changed)" if only_changed else ""
+        return f"(SELECT * FROM _api_{table}{where})"
+
+    def _fetch_spans(self, con: duckdb.DuckDBPyConnection, only_changed: bool) -> None:
+        source = "_changed" if only_changed else "_api_trace_info"
+        column = "trace_id" if only_changed else "request_id"
+        trace_ids = [r[0] for r in con.execute(f"SELECT {column} FROM {source}").fetchall()]
+        experiment_of = dict(con.execute("SELECT request_id, experiment_id FROM _api_trace_info").fetchall())
+        tracing, rows = TracingClient(tracking_uri=self.uri), []
+        for start in range(0, len(trace_ids), self.batch_size):
+            for trace in tracing.batch_get_traces(trace_ids[start : start + self.batch_size]):
+                tid = trace.info.trace_id
+                rows.extend(span_row(tid, experiment_of.get(tid, trace.info.experiment_id), s) for s in trace.data.spans)
+            self.progress(f"fetched spans of {min(start + self.batch_size, len(trace_ids))}/{len(trace_ids)} traces")
+        self._register(con, "spans", _arrow("spans", rows))
+
+    def _register(self, con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> None:
+        self._tables[table] = data
+        con.register(f"_api_{table}", data)

@@ -1,0 +1,96 @@
+"""The API source, reading a real `mlflow server` on 127.0.0.1, gives the same warehouse as the SQL source."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.entities import AssessmentSource, AssessmentSourceType
+
+from assets.traces.extract import extract_traces
+from resources.api_trace_source import ApiTrackingStore
+from resources.trace_sources import SourceError, SqliteTrackingStore, source_for
+from tests.conftest import Store
+from tests.oracle import table_dump
+
+CONTRACT = ("traces", "spans", "trace_tags", "trace_metadata", "assessments")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(store: Store, tmp_path: Path):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.uri, "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1", "--default-artifact-root", str(tmp_path / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def contract_dump(path: str) -> dict[str, list]:
+    return {table: rows for table, rows in table_dump(path).items() if table in CONTRACT}
+
+
+def test_api_source_over_rest_equals_sql_source(store: Store, mlflow_server: str, tmp_path: Path):
+    via_rest, via_sql = str(tmp_path / "rest.duckdb"), str(tmp_path / "sql.duckdb")
+    assert isinstance(source_for(mlflow_server), ApiTrackingStore)
+    result = extract_traces(source_for(mlflow_server), via_rest)
+    assert result.source_traces == len(store.trace_ids)
+    extract_traces(SqliteTrackingStore(store.uri), via_sql)
+    assert_same(contract_dump(via_rest), contract_dump(via_sql))
+
+    # Late feedback and a late tag, written through the server, show up on the next REST run.
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.log_feedback(trace_id=store.trace_ids[4], name="user_thumbs", value=False, rationale="late",
+                        source=AssessmentSource(AssessmentSourceType.HUMAN, "late-user"))
+    mlflow.set_trace_tag(store.trace_ids[9], "escalated", "yes")
+    again = extract_traces(source_for(mlflow_server), via_rest)
+    assert (again.mode, again.changed_traces) == ("incremental", 2)
+    extract_traces(SqliteTrackingStore(store.uri), via_sql)
+    assert_same(contract_dump(via_rest), contract_dump(via_sql))
+
+
+def test_unreachable_server_fails_after_retries_naming_the_masked_uri(warehouse_path: str, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    uri = f"http://admin:s3cret@127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    with pytest.raises(SourceError) as failure:
+        extract_traces(source_for(uri), warehouse_path)
+    message = str(failure.value)
+    assert "with MLflow's HTTP retries" in message and "http://admin:***@127.0.0.1" in message
+    assert "Max retries exceeded" in message
+    assert "s3cret" not in message
+    assert time.monotonic() - started < 120
+
+
+def assert_same(rest: dict[str, list], sql: dict[str, list]) -> None:
+    for table in CONTRACT:
+        only_rest, only_sql = set(rest[table]) - set(sql[table]), set(sql[table]) - set(rest[table])
+        assert not only_rest and not only_sql, f"{table}: REST has {sorted(only_rest)[:2]}, SQL has {sorted(only_sql)[:2]}"
