@@ -65,25 +65,24 @@ def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
                    output_tokens, total_tokens, round(input_cost, 12), round(output_cost, 12),
                    round(total_cost, 12), request_preview, response_preview
             FROM {rel('trace_info')}""",
-        # CASE evaluates branches only for rows that reach them, so broken JSON never reaches json_* calls.
+        # Each span's JSON is parsed once (TRY: broken JSON gives NULL, not an error); the reason is worked
+        # out only for the rare rows that failed. CASE evaluates a branch only for the rows that reach it.
         "spans": f"""
             SELECT trace_id, span_id, parent_span_id, CAST(experiment_id AS VARCHAR), name, type, status,
-                   CASE WHEN content_error IS NULL THEN json_extract_string(content, '$.status.message') END,
-                   start_time_unix_nano, end_time_unix_nano,
-                   (end_time_unix_nano - start_time_unix_nano) / 1e6,
-                   model_name, model_provider,
-                   CASE WHEN json_valid(usage) THEN TRY_CAST(json_extract(usage, '$.input_tokens') AS BIGINT) END,
-                   CASE WHEN json_valid(usage) THEN TRY_CAST(json_extract(usage, '$.output_tokens') AS BIGINT) END,
-                   CASE WHEN json_valid(usage) THEN TRY_CAST(json_extract(usage, '$.total_tokens') AS BIGINT) END,
-                   round(total_cost, 12), content_error
+                   parsed[1], start_time_unix_nano, end_time_unix_nano,
+                   (end_time_unix_nano - start_time_unix_nano) / 1e6, model_name, model_provider,
+                   TRY_CAST(usage[1] AS BIGINT), TRY_CAST(usage[2] AS BIGINT), TRY_CAST(usage[3] AS BIGINT),
+                   round(total_cost, 12),
+                   CASE WHEN parsed IS NULL THEN
+                            CASE WHEN content IS NULL OR content = '' THEN 'span content is empty'
+                                 ELSE 'span content is not valid JSON' END
+                        WHEN NOT starts_with(ltrim(content), '{{') THEN 'span content is not a JSON object'
+                   END
             FROM (
-                SELECT *, CASE WHEN content_error IS NULL
-                               THEN json_extract_string(content, '$.attributes."mlflow.chat.tokenUsage"') END AS usage
+                SELECT *, TRY(json_extract_string(parsed[2], ['$.input_tokens', '$.output_tokens', '$.total_tokens'])) AS usage
                 FROM (
-                    SELECT *, CASE WHEN content IS NULL OR content = '' THEN 'span content is empty'
-                                   WHEN NOT json_valid(content) THEN 'span content is not valid JSON'
-                                   WHEN json_type(content) <> 'OBJECT' THEN 'span content is not a JSON object'
-                              END AS content_error
+                    SELECT *, TRY(json_extract_string(
+                               content, ['$.status.message', '$.attributes."mlflow.chat.tokenUsage"'])) AS parsed
                     FROM {rel('spans')}
                 )
             )""",
