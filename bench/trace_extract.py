@@ -125,7 +125,7 @@ def bare_scan(uri: str) -> float:
 
     from resources.trace_sources import RAW_COLUMNS, SqliteTrackingStore
 
-    con = duckdb.connect()
+    con = duckdb.connect(config={"preserve_insertion_order": False})  # as the extract: it does not order rows
     SqliteTrackingStore(uri).attach(con)
     started = time.perf_counter()
     for table, columns in RAW_COLUMNS.items():
