@@ -89,7 +89,6 @@ class SqliteTrackingStore:
     # Up to this many changed traces are read through SQLite's trace-id indexes; beyond it a full
     # scan filtered in DuckDB is cheaper.
     targeted_read_limit = 50_000
-    _chunk = 2_000
     attach_attempts = 4
     retry_note = "(SQLite busy or unreadable)"
 
@@ -120,13 +119,18 @@ class SqliteTrackingStore:
         trace_ids = [row[0] for row in con.execute("SELECT trace_id FROM _changed").fetchall()]
         if len(trace_ids) > self.targeted_read_limit:
             return scan + f" WHERE {key} IN (SELECT trace_id FROM _changed))"
-        # Index lookups in SQLite itself: the scanner does not push filters down.
-        staged = f"_raw_{table}"
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {staged} AS SELECT {_projection(table)} FROM src.{table} LIMIT 0")
-        for start in range(0, len(trace_ids), self._chunk):
-            ids = ", ".join(_sql_string(t) for t in trace_ids[start : start + self._chunk])
-            query = f"SELECT {_projection(table)} FROM {table} WHERE {key} IN ({ids})"
-            con.execute(f"INSERT INTO {staged} SELECT * FROM sqlite_query('src', ?)", [query])
+        # Index lookups in SQLite itself (the scanner does not push filters down), in a few chunks that
+        # DuckDB reads in parallel.
+        staged, size = f"_raw_{table}", min(5_000, -(-len(trace_ids) // 4))
+        chunks = [
+            f"SELECT {_projection(table)} FROM {table} WHERE {key} IN "
+            f"({', '.join(_sql_string(t) for t in trace_ids[start : start + size])})"
+            for start in range(0, len(trace_ids), size)
+        ] or [f"SELECT {_projection(table)} FROM {table} WHERE false"]
+        union = " UNION ALL ".join(f"SELECT * FROM sqlite_query('src', {_sql_string(q)})" for q in chunks)
+        # sqlite_query's columns are untyped: the empty copy of the scanned table gives them their types.
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {staged} AS {scan} LIMIT 0)")
+        con.execute(f"INSERT INTO {staged} {union}")
         return staged
 
 

@@ -38,21 +38,28 @@ _WAREHOUSE = "wh"
 
 
 def fingerprint_sql(rel: Callable[[str], str]) -> str:
+    """One row per trace: a hash over its trace_info row, its tags and its assessments' ids and update times.
+
+    XOR of row hashes does not depend on row order; one aggregate over the three tables is cheaper than
+    aggregating each and joining. Rows of traces with no trace_info row are dropped (HAVING).
+    """
     return f"""
-    WITH tag_hash AS (
-        SELECT request_id AS trace_id, bit_xor(hash(key, value)) AS h FROM {rel('trace_tags')} GROUP BY ALL
-    ), assessment_hash AS (
-        SELECT trace_id, bit_xor(hash(assessment_id, last_updated_timestamp, CAST(valid AS BOOLEAN))) AS h
-        FROM {rel('assessments')} GROUP BY ALL
+    SELECT trace_id, bit_xor(h) AS fingerprint, any_value(status) AS status, any_value(timestamp_ms) AS timestamp_ms
+    FROM (
+        SELECT request_id AS trace_id,
+               hash(experiment_id, timestamp_ms, execution_time_ms, status, client_request_id, request_preview,
+                    response_preview, trace_name, session_id, input_tokens, output_tokens, total_tokens,
+                    total_cost) AS h,
+               status, timestamp_ms
+        FROM {rel('trace_info')}
+        UNION ALL
+        SELECT request_id, hash('tag', key, value), NULL, NULL FROM {rel('trace_tags')}
+        UNION ALL
+        SELECT trace_id, hash('assessment', assessment_id, last_updated_timestamp, CAST(valid AS BOOLEAN)), NULL, NULL
+        FROM {rel('assessments')}
     )
-    SELECT t.request_id AS trace_id,
-           hash(t.experiment_id, t.timestamp_ms, t.execution_time_ms, t.status, t.client_request_id,
-                t.request_preview, t.response_preview, t.trace_name, t.session_id, t.input_tokens,
-                t.output_tokens, t.total_tokens, t.total_cost, tag_hash.h, assessment_hash.h) AS fingerprint,
-           t.status, t.timestamp_ms
-    FROM {rel('trace_info')} t
-    LEFT JOIN tag_hash ON tag_hash.trace_id = t.request_id
-    LEFT JOIN assessment_hash ON assessment_hash.trace_id = t.request_id
+    GROUP BY trace_id
+    HAVING count(status) > 0
     """
 
 
@@ -177,6 +184,7 @@ def extract_traces(
         existing = con.execute(f"SELECT count(*) FROM {_WAREHOUSE}._trace_state").fetchone()[0]
         mode = "full" if full_refresh or existing == 0 else "incremental"
         result = ExtractResult(mode, source.label, source_traces, changed, deleted)
+        progress(f"{changed} new or changed traces, {deleted} deleted ({mode} run)")
         if changed == 0 and deleted == 0:
             result.mode = "unchanged"
             result.seconds = time.monotonic() - started
@@ -190,20 +198,22 @@ def extract_traces(
             return source.relation(con, table, only_changed=not every_trace)
 
         statements = contract_sql(changed_rel)  # a targeted source stages the changed traces' rows here
+        progress("read the changed traces' rows from the source")
+        # Rows to remove: traces gone from the source and changed traces the warehouse already has.
+        con.execute(f"""
+            CREATE TEMP TABLE _replaced AS
+            SELECT trace_id FROM _changed SEMI JOIN {_WAREHOUSE}._trace_state USING (trace_id)
+            UNION ALL SELECT trace_id FROM _deleted""")
+        replaced = con.execute("SELECT count(*) FROM _replaced").fetchone()[0]
         con.execute("BEGIN")
-        for table in CONTRACT_TABLES:
-            con.execute(f"""
-                DELETE FROM {_WAREHOUSE}.{table}
-                WHERE trace_id IN (SELECT trace_id FROM _changed UNION ALL SELECT trace_id FROM _deleted)""")
+        for table in (*CONTRACT_TABLES, "_trace_state") if replaced else ():
+            con.execute(f"DELETE FROM {_WAREHOUSE}.{table} WHERE trace_id IN (SELECT trace_id FROM _replaced)")
         for table in CONTRACT_TABLES:
             t0 = time.monotonic()
             rows = con.execute(f"INSERT INTO {_WAREHOUSE}.{table} {statements[table]}").fetchone()[0]
             result.rows[table] = rows
             elapsed = time.monotonic() - t0
             progress(f"{table}: {rows} rows in {elapsed:.1f}s ({rows / max(elapsed, 1e-6):,.0f} rows/s)")
-        con.execute(f"""
-            DELETE FROM {_WAREHOUSE}._trace_state
-            WHERE trace_id IN (SELECT trace_id FROM _changed UNION ALL SELECT trace_id FROM _deleted)""")
         con.execute(f"""
             INSERT INTO {_WAREHOUSE}._trace_state
             SELECT trace_id, ?, fingerprint, status FROM _source_state SEMI JOIN _changed USING (trace_id)""",
@@ -218,6 +228,7 @@ def extract_traces(
             [source.label, result.mode, source_traces, changed, deleted, result.seconds],
         )
         con.execute("COMMIT")
+        progress(f"committed {changed} traces in {time.monotonic() - started:.1f}s")
         for trace_id, span_id, reason in result.bad_spans:
             log.warning("span %s of trace %s kept without parsed fields: %s", span_id, trace_id, reason)
         return result
