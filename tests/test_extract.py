@@ -163,3 +163,25 @@ def test_pre_317_store_is_refused_with_the_supported_range(store: Store, warehou
 def test_unknown_source_kind_names_the_choices():
     with pytest.raises(SourceError, match="auto, sql or api"):
         source_for("sqlite:///x.db", "parquet")
+
+
+CONCURRENT_SCRIPT = """
+import json, sys
+from assets.traces.extract import extract_traces
+from resources.trace_sources import SqliteTrackingStore
+
+print(json.dumps(extract_traces(SqliteTrackingStore(sys.argv[1]), sys.argv[2]).mode))
+"""
+
+
+def test_concurrent_extracts_never_collide(seeded_store: Store, warehouse_path: str):
+    """Two writers at once: one waits for the other's lock, exactly one copies, the warehouse stays exact."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CONCURRENT_SCRIPT, seeded_store.uri, warehouse_path], cwd=PROJECT_DIR,
+                         env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)}, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    modes = sorted(proc.communicate(timeout=300)[0].strip().splitlines()[-1] for proc in procs)
+    assert [p.returncode for p in procs] == [0, 0]
+    assert modes == ['"full"', '"unchanged"']
+    assert_matches_mlflow(seeded_store, warehouse_path)

@@ -113,3 +113,39 @@ def test_bad_tracking_uri_fails_with_masked_uri(tmp_path: Path):
     output = done.stdout + done.stderr
     assert "postgresql://admin:***@127.0.0.1:1/mlflow" in output
     assert "s3cret" not in output
+
+
+def test_dagster_webserver_lists_every_asset(tmp_path: Path):
+    """What `dagster dev -w workspace.yaml` shows: the webserver loads workspace.yaml and lists the assets."""
+    import json
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "dagster_home").mkdir()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
+        cwd=PROJECT_DIR, env=_env(tmp_path, DAGSTER_HOME=str(tmp_path / "dagster_home")),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, "dagster-webserver exited"
+            try:
+                urllib.request.urlopen(f"{url}/server_info", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "dagster-webserver did not start"
+                time.sleep(0.5)
+        query = json.dumps({"query": "{ assetNodes { assetKey { path } groupName } }"}).encode()
+        request = urllib.request.Request(f"{url}/graphql", data=query, headers={"Content-Type": "application/json"})
+        nodes = json.load(urllib.request.urlopen(request, timeout=60))["data"]["assetNodes"]
+        assert {(n["assetKey"]["path"][0], n["groupName"]) for n in nodes} == {(t, "traces") for t in CONTRACT_TABLES}
+    finally:
+        server.terminate()
+        server.wait(timeout=60)

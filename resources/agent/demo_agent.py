@@ -95,7 +95,7 @@ class DemoAgent:
             step = self._call_tool(tool, question, rng)
             steps.append(step)
             tool_notes.append(f"{tool}: {'failed (' + step.error + ')' if step.error else step.outputs}")
-        if any(s.error for s in steps) and rng.random() < 0.35:
+        if any(s.error for s in steps) and rng.random() < 0.6:
             return AgentRun(question, "", steps, failed=True)  # the agent gives up: an ERROR trace
         context = "; ".join(KNOWLEDGE_BASE[d] for d in steps[0].outputs)
         messages = [
