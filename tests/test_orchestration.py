@@ -61,6 +61,12 @@ def test_orphan_rows_fail_the_check(seeded_store: Store, warehouse_path: str):
         result = dg.materialize([trace_warehouse], resources=resources, instance=instance, raise_on_error=False)
         failed = {(c.asset_key.to_user_string(), c.check_name) for c in result.get_asset_check_evaluations() if not c.passed}
         assert failed == {("spans", "no_orphans")}
+        # A full refresh (run config, as from the UI's launchpad) rebuilds the tables: the stray row is gone.
+        refreshed = dg.materialize([trace_warehouse], resources=resources, instance=instance,
+                                   run_config={"ops": {"trace_warehouse": {"config": {"full_refresh": True}}}})
+        assert all(c.passed for c in refreshed.get_asset_check_evaluations())
+        traces = next(m for m in refreshed.asset_materializations_for_node("trace_warehouse") if m.asset_key.path == ["traces"])
+        assert (traces.metadata["mode"].value, traces.metadata["deleted_traces"].value) == ("full", 0)
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:

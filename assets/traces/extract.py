@@ -151,9 +151,8 @@ def extract_traces(
             "preserve_insertion_order": False,  # rows have no order in the warehouse; lets inserts run in parallel
         }
     )
-    # Commits are durable in the WAL, which DuckDB checkpoints past its threshold; a checkpoint at every
-    # close would rewrite the warehouse's indexes even after a small incremental run.
-    con.execute("PRAGMA disable_checkpoint_on_shutdown")
+    # No "PRAGMA disable_checkpoint_on_shutdown": with DuckDB 1.5.5, another read-write connection replaying the
+    # WAL it leaves corrupts the primary-key indexes (the next DELETE fails fatally; see tests).
     try:
         attach_with_retry(source, con)
 
@@ -166,19 +165,15 @@ def extract_traces(
 
         attach(con, warehouse_path, _WAREHOUSE)
         migrate(con, catalog=_WAREHOUSE)
-        if full_refresh:
-            con.execute("CREATE TEMP TABLE _changed AS SELECT trace_id FROM _source_state")
-            con.execute(f"CREATE TEMP TABLE _deleted AS SELECT trace_id FROM {_WAREHOUSE}.traces")
-        else:
-            con.execute(f"""
-                CREATE TEMP TABLE _changed AS
-                SELECT s.trace_id FROM _source_state s
-                LEFT JOIN {_WAREHOUSE}._trace_state w USING (trace_id)
-                WHERE w.trace_id IS NULL OR w.fingerprint <> s.fingerprint
-                   OR s.status = 'IN_PROGRESS' OR w.status = 'IN_PROGRESS'""")
-            con.execute(f"""
-                CREATE TEMP TABLE _deleted AS
-                SELECT trace_id FROM {_WAREHOUSE}._trace_state ANTI JOIN _source_state USING (trace_id)""")
+        con.execute(f"""
+            CREATE TEMP TABLE _changed AS
+            SELECT s.trace_id FROM _source_state s
+            LEFT JOIN {_WAREHOUSE}._trace_state w USING (trace_id)
+            WHERE ? OR w.trace_id IS NULL OR w.fingerprint <> s.fingerprint
+               OR s.status = 'IN_PROGRESS' OR w.status = 'IN_PROGRESS'""", [full_refresh])
+        con.execute(f"""
+            CREATE TEMP TABLE _deleted AS
+            SELECT trace_id FROM {_WAREHOUSE}._trace_state ANTI JOIN _source_state USING (trace_id)""")
         changed = con.execute("SELECT count(*) FROM _changed").fetchone()[0]
         deleted = con.execute("SELECT count(*) FROM _deleted").fetchone()[0]
         existing = con.execute(f"SELECT count(*) FROM {_WAREHOUSE}._trace_state").fetchone()[0]
@@ -206,8 +201,10 @@ def extract_traces(
             UNION ALL SELECT trace_id FROM _deleted""")
         replaced = con.execute("SELECT count(*) FROM _replaced").fetchone()[0]
         con.execute("BEGIN")
-        for table in (*CONTRACT_TABLES, "_trace_state") if replaced else ():
-            con.execute(f"DELETE FROM {_WAREHOUSE}.{table} WHERE trace_id IN (SELECT trace_id FROM _replaced)")
+        for table in (*CONTRACT_TABLES, "_trace_state") if replaced or full_refresh else ():
+            # A full refresh rebuilds the tables from scratch, rows the state does not know included.
+            where = "" if full_refresh else " WHERE trace_id IN (SELECT trace_id FROM _replaced)"
+            con.execute(f"DELETE FROM {_WAREHOUSE}.{table}{where}")
         for table in CONTRACT_TABLES:
             t0 = time.monotonic()
             rows = con.execute(f"INSERT INTO {_WAREHOUSE}.{table} {statements[table]}").fetchone()[0]
