@@ -61,15 +61,21 @@ def ensure_dagster_home() -> Path:
 
 def mask_uri(uri: str) -> str:
     """Hide the password in `scheme://user:password@host/...` so a URI can be logged."""
-    password = make_url_password(uri)
-    return uri.replace(f":{password}@", ":***@", 1) if password else uri
-
-
-def make_url_password(uri: str) -> str | None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(uri).password
+        url = make_url(uri)
     except ArgumentError:
-        return None
+        return uri
+    return url.render_as_string(hide_password=True) if url.password else uri
+
+
+def scrub(text: str, uri: str) -> str:
+    """`text` with the URI's password, decoded or percent-encoded, replaced by ***."""
+    from urllib.parse import unquote, urlsplit
+
+    raw = urlsplit(uri).password if "://" in uri else None
+    for secret in {raw, unquote(raw)} - {None, ""} if raw else ():
+        text = text.replace(secret, "***")
+    return text

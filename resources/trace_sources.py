@@ -16,7 +16,7 @@ from typing import Protocol
 
 import duckdb
 
-from resources.settings import make_url_password, mask_uri
+from resources.settings import mask_uri, scrub
 
 # The columns read from each MLflow table; the benchmark's bare scan reads exactly these.
 RAW_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -108,7 +108,7 @@ class SqliteTrackingStore:
                 "point MLFLOW_TRACKING_URI at your store."
             )
         con.execute(f"LOAD {_sql_string(sqlite_scanner_path())}")
-        con.execute(f"ATTACH {_sql_string(self.path)} AS src (TYPE sqlite, READ_ONLY)")
+        con.execute(f"ATTACH IF NOT EXISTS {_sql_string(self.path)} AS src (TYPE sqlite, READ_ONLY)")
         check_schema_revision(con, self.uri)
 
     def relation(self, con: duckdb.DuckDBPyConnection, table: str, only_changed: bool) -> str:
@@ -191,14 +191,9 @@ def attach_with_retry(source: TraceSource, con: duckdb.DuckDBPyConnection) -> No
             raise
         except Exception as exc:  # noqa: BLE001 - any I/O or HTTP failure is retried, then reported
             if attempt == attempts:
-                uri = source.uri
-                reason = f"{type(exc).__name__}: {exc}"
-                password = make_url_password(uri)
-                if password:
-                    reason = reason.replace(password, "***")
                 raise SourceError(
-                    f"Could not read the MLflow tracking store {mask_uri(uri)} after {attempts} attempt(s) "
-                    f"{source.retry_note}: {reason}"
+                    f"Could not read the MLflow tracking store {mask_uri(source.uri)} after {attempts} attempt(s) "
+                    f"{source.retry_note}: {scrub(f'{type(exc).__name__}: {exc}', source.uri)}"
                 ) from exc
             time.sleep(delay)
             delay *= 2

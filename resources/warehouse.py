@@ -107,10 +107,9 @@ CONTRACT_TABLES = ("traces", "spans", "trace_tags", "trace_metadata", "assessmen
 T = TypeVar("T")
 
 
-def migrate(con: duckdb.DuckDBPyConnection, catalog: str | None = None) -> int:
-    """Bring the schema of `catalog` (default: the connection's own) up to date; return its version."""
-    if catalog:
-        con.execute(f"USE {catalog}")
+def migrate(con: duckdb.DuckDBPyConnection, catalog: str) -> None:
+    """Bring the schema of the attached database `catalog` up to date."""
+    con.execute(f"USE {catalog}")
     try:
         con.execute("CREATE TABLE IF NOT EXISTS _schema_version (version INTEGER NOT NULL)")
         version = con.execute("SELECT coalesce(max(version), 0) FROM _schema_version").fetchone()[0]
@@ -120,9 +119,7 @@ def migrate(con: duckdb.DuckDBPyConnection, catalog: str | None = None) -> int:
             con.execute("INSERT INTO _schema_version VALUES (?)", [number])
             con.execute("COMMIT")
     finally:
-        if catalog:
-            con.execute("USE memory")
-    return len(MIGRATIONS)
+        con.execute("USE memory")
 
 
 def retry_while_locked(action: Callable[[], T], timeout_s: float = 120.0) -> T:
@@ -148,11 +145,6 @@ class WarehouseResource(dg.ConfigurableResource):
 
     path: str
     lock_timeout_s: float = 120.0
-
-    def ensure_schema(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        with self.connect() as con:
-            migrate(con)
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
