@@ -125,10 +125,10 @@ def bare_scans(uri: str) -> tuple[float, float]:
     produce every value, and nothing is done with it)."""
     import duckdb
 
-    from resources.trace_sources import RAW_COLUMNS, SqliteTrackingStore
+    from resources.trace_sources import RAW_COLUMNS, SqlTrackingStore
 
     con = duckdb.connect(config={"preserve_insertion_order": False})  # as the extract: it does not order rows
-    SqliteTrackingStore(uri).attach(con)
+    SqlTrackingStore(uri).attach(con)
     started = time.perf_counter()
     for table, columns in RAW_COLUMNS.items():
         for _ in con.execute(f"SELECT {', '.join(columns)} FROM src.{table}").to_arrow_reader(100_000):
@@ -146,9 +146,9 @@ def timed_extract(uri: str, warehouse: Path, *, full_refresh: bool = False) -> d
         "import json, resource, sys, time\n"
         "import alembic.script, mlflow.store.db.utils  # imported by the schema check: not extract work\n"
         "from assets.traces.extract import extract_traces\n"
-        "from resources.trace_sources import SqliteTrackingStore\n"
+        "from resources.trace_sources import SqlTrackingStore\n"
         "t = time.perf_counter()\n"
-        "r = extract_traces(SqliteTrackingStore(sys.argv[1]), sys.argv[2], full_refresh=sys.argv[3] == '1')\n"
+        "r = extract_traces(SqlTrackingStore(sys.argv[1]), sys.argv[2], full_refresh=sys.argv[3] == '1')\n"
         "print(json.dumps({'seconds': time.perf_counter() - t, 'mode': r.mode, 'changed': r.changed_traces,"
         " 'rows': r.rows, 'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
     )

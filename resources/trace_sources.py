@@ -73,42 +73,49 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def sqlite_scanner_path() -> str:
-    import duckdb_extension_sqlite_scanner as pkg
+def scanner_extension_path(name: str) -> str:
+    """The DuckDB extension shipped in the PyPI wheel `duckdb-extension-<name>` (no network needed)."""
+    import importlib
 
+    package = importlib.import_module(f"duckdb_extension_{name}")
     version = duckdb.__version__
-    path = Path(pkg.__file__).parent / "extensions" / f"v{version}" / "sqlite_scanner.duckdb_extension"
+    path = Path(package.__file__).parent / "extensions" / f"v{version}" / f"{name}.duckdb_extension"
     if not path.exists():
-        raise SourceError(f"No sqlite_scanner extension for DuckDB {version} at {path}; reinstall the project.")
+        raise SourceError(f"No {name} extension for DuckDB {version} at {path}; reinstall the project.")
     return str(path)
 
 
-class SqliteTrackingStore:
-    """MLflow's SQLite tracking store, read inside DuckDB's engine through the sqlite scanner."""
+class SqlTrackingStore:
+    """MLflow's SQL tracking database (SQLite or PostgreSQL), read inside DuckDB's engine by its scanner."""
 
-    # Up to this many changed traces are read through SQLite's trace-id indexes; beyond it a full
+    # Up to this many changed traces are read through the database's trace-id indexes; beyond it a full
     # scan filtered in DuckDB is cheaper.
     targeted_read_limit = 50_000
     attach_attempts = 4
-    retry_note = "(SQLite busy or unreadable)"
+    retry_note = "(database busy or unreachable)"
 
     def __init__(self, uri: str):
-        if not uri.startswith("sqlite:///"):
-            raise SourceError(f"Not a SQLite tracking URI: {mask_uri(uri)}")
         self.uri = uri
-        self.path = uri.removeprefix("sqlite:///").split("?")[0]
-        if not self.path.startswith("/"):
-            self.path = os.path.abspath(self.path)
-        self.label = f"sql:{uri}"
+        self.label = f"sql:{mask_uri(uri)}"
+        if uri.startswith("sqlite:///"):
+            self.scanner, self.query_function = "sqlite_scanner", "sqlite_query"
+            path = uri.removeprefix("sqlite:///").split("?")[0]
+            self.target, self.attach_type = os.path.abspath(path), "sqlite"
+        elif uri.split("://")[0].split("+")[0] in ("postgresql", "postgres"):
+            self.scanner, self.query_function = "postgres_scanner", "postgres_query"
+            # libpq takes the URI without SQLAlchemy's "+driver" suffix.
+            self.target, self.attach_type = "postgresql://" + uri.split("://", 1)[1], "postgres"
+        else:
+            raise SourceError(f"The direct SQL reader reads sqlite:/// and postgresql:// stores, not {mask_uri(uri)}")
 
     def attach(self, con: duckdb.DuckDBPyConnection) -> None:
-        if not Path(self.path).exists():
+        if self.attach_type == "sqlite" and not Path(self.target).exists():
             raise SourceError(
                 f"MLflow tracking store {self.uri} does not exist. Seed it with `llmops seed-demo` or "
                 "point MLFLOW_TRACKING_URI at your store."
             )
-        con.execute(f"LOAD {_sql_string(sqlite_scanner_path())}")
-        con.execute(f"ATTACH IF NOT EXISTS {_sql_string(self.path)} AS src (TYPE sqlite, READ_ONLY)")
+        con.execute(f"LOAD {_sql_string(scanner_extension_path(self.scanner))}")
+        con.execute(f"ATTACH IF NOT EXISTS {_sql_string(self.target)} AS src (TYPE {self.attach_type}, READ_ONLY)")
         check_schema_revision(con, self.uri)
 
     def relation(self, con: duckdb.DuckDBPyConnection, table: str, only_changed: bool) -> str:
@@ -119,16 +126,16 @@ class SqliteTrackingStore:
         trace_ids = [row[0] for row in con.execute("SELECT trace_id FROM _changed").fetchall()]
         if len(trace_ids) > self.targeted_read_limit:
             return scan + f" WHERE {key} IN (SELECT trace_id FROM _changed))"
-        # Index lookups in SQLite itself (the scanner does not push filters down), in a few chunks that
-        # DuckDB reads in parallel.
+        # Index lookups in the database itself (the scanners do not push these filters down), in a few
+        # chunks that DuckDB reads in parallel.
         staged, size = f"_raw_{table}", min(5_000, -(-len(trace_ids) // 4))
         chunks = [
             f"SELECT {_projection(table)} FROM {table} WHERE {key} IN "
             f"({', '.join(_sql_string(t) for t in trace_ids[start : start + size])})"
             for start in range(0, len(trace_ids), size)
         ] or [f"SELECT {_projection(table)} FROM {table} WHERE false"]
-        union = " UNION ALL ".join(f"SELECT * FROM sqlite_query('src', {_sql_string(q)})" for q in chunks)
-        # sqlite_query's columns are untyped: the empty copy of the scanned table gives them their types.
+        union = " UNION ALL ".join(f"SELECT * FROM {self.query_function}('src', {_sql_string(q)})" for q in chunks)
+        # Pass-through query columns may come back untyped: the empty scan of the table gives them their types.
         con.execute(f"CREATE OR REPLACE TEMP TABLE {staged} AS {scan} LIMIT 0)")
         con.execute(f"INSERT INTO {staged} {union}")
         return staged
@@ -164,18 +171,24 @@ def check_schema_revision(con: duckdb.DuckDBPyConnection, uri: str) -> str:
     )
 
 
+DIRECT_SQL_SCHEMES = ("sqlite", "postgresql", "postgres")
+
+
 def source_for(uri: str, kind: str = "auto", progress: Callable[[str], None] | None = None) -> TraceSource:
-    """Pick the source for a tracking URI. kind: auto (sql for sqlite:/// URIs, else api) | sql | api."""
+    """Pick the source for a tracking URI.
+
+    kind: auto (sql for sqlite:/// and postgresql:// stores, api otherwise) | sql | api."""
     if kind not in ("auto", "sql", "api"):
         raise SourceError(f"LLMOPS_TRACE_SOURCE must be auto, sql or api, not {kind!r}")
-    if kind == "api" or (kind == "auto" and not uri.startswith("sqlite:///")):
+    direct = uri.split("://")[0].split("+")[0] in DIRECT_SQL_SCHEMES
+    if kind == "api" or (kind == "auto" and not direct):
         from resources.api_trace_source import ApiTrackingStore
 
         return ApiTrackingStore(uri, progress)
-    if uri.startswith("sqlite:///"):
-        return SqliteTrackingStore(uri)
+    if direct:
+        return SqlTrackingStore(uri)
     raise SourceError(
-        f"LLMOPS_TRACE_SOURCE=sql reads SQLite stores (sqlite:///path) only; {mask_uri(uri)} is not one. "
+        f"LLMOPS_TRACE_SOURCE=sql reads sqlite:/// and postgresql:// stores only; {mask_uri(uri)} is not one. "
         "Use LLMOPS_TRACE_SOURCE=api (or auto)."
     )
 
@@ -191,9 +204,10 @@ def attach_with_retry(source: TraceSource, con: duckdb.DuckDBPyConnection) -> No
             raise
         except Exception as exc:  # noqa: BLE001 - any I/O or HTTP failure is retried, then reported
             if attempt == attempts:
+                # `from None`: the original error's text can hold the password; its scrubbed text is kept here.
                 raise SourceError(
                     f"Could not read the MLflow tracking store {mask_uri(source.uri)} after {attempts} attempt(s) "
                     f"{source.retry_note}: {scrub(f'{type(exc).__name__}: {exc}', source.uri)}"
-                ) from exc
+                ) from None
             time.sleep(delay)
             delay *= 2

@@ -24,13 +24,10 @@ HOSTILE_TAGS = {
 
 @dataclass
 class Store:
-    path: Path
+    uri: str
     experiment_id: str
     trace_ids: list[str] = field(default_factory=list)
-
-    @property
-    def uri(self) -> str:
-        return f"sqlite:///{self.path}"
+    path: Path | None = None  # the SQLite file, for tests that edit the store behind MLflow's back
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +44,7 @@ def seeded_store(tmp_path_factory) -> Store:
         source=AssessmentSource(AssessmentSourceType.HUMAN, "expert-1"),
     )
     mlflow.log_expectation(trace_id=summary.trace_ids[2], name="expected_answer", value="Refresh from the menu.")
-    return Store(path, summary.experiment_id, summary.trace_ids)
+    return Store(f"sqlite:///{path}", summary.experiment_id, summary.trace_ids, path)
 
 
 @pytest.fixture
@@ -55,7 +52,7 @@ def store(seeded_store: Store, tmp_path: Path) -> Store:
     """A private copy of the seeded store, set as the current tracking URI, for tests that change it."""
     path = tmp_path / "mlflow.db"
     shutil.copyfile(seeded_store.path, path)
-    copy = Store(path, seeded_store.experiment_id, list(seeded_store.trace_ids))
+    copy = Store(f"sqlite:///{path}", seeded_store.experiment_id, list(seeded_store.trace_ids), path)
     mlflow.set_tracking_uri(copy.uri)
     return copy
 

@@ -15,7 +15,7 @@ from mlflow.entities import AssessmentSource, AssessmentSourceType
 
 from assets.traces.extract import extract_traces
 from resources.api_trace_source import ApiTrackingStore
-from resources.trace_sources import SourceError, SqliteTrackingStore, source_for
+from resources.trace_sources import SourceError, SqlTrackingStore, source_for
 from tests.conftest import Store
 from tests.oracle import table_dump
 
@@ -62,7 +62,7 @@ def test_api_source_over_rest_equals_sql_source(store: Store, mlflow_server: str
     assert isinstance(source_for(mlflow_server), ApiTrackingStore)
     result = extract_traces(source_for(mlflow_server), via_rest)
     assert result.source_traces == len(store.trace_ids)
-    extract_traces(SqliteTrackingStore(store.uri), via_sql)
+    extract_traces(SqlTrackingStore(store.uri), via_sql)
     assert_same(contract_dump(via_rest), contract_dump(via_sql))
 
     # Late feedback and a late tag, written through the server, show up on the next REST run.
@@ -72,7 +72,7 @@ def test_api_source_over_rest_equals_sql_source(store: Store, mlflow_server: str
     mlflow.set_trace_tag(store.trace_ids[9], "escalated", "yes")
     again = extract_traces(source_for(mlflow_server), via_rest)
     assert (again.mode, again.changed_traces) == ("incremental", 2)
-    extract_traces(SqliteTrackingStore(store.uri), via_sql)
+    extract_traces(SqlTrackingStore(store.uri), via_sql)
     assert_same(contract_dump(via_rest), contract_dump(via_sql))
 
 

@@ -17,7 +17,7 @@ from mlflow.entities import AssessmentSource, AssessmentSourceType
 
 from assets.traces.extract import extract_traces
 from resources.agent.traffic import seed_demo
-from resources.trace_sources import SourceError, SqliteTrackingStore, source_for
+from resources.trace_sources import SourceError, SqlTrackingStore, source_for
 from tests.conftest import HOSTILE_TAGS, Store
 from tests.oracle import mlflow_rows, table_dump, warehouse_rows
 
@@ -33,7 +33,7 @@ def assert_matches_mlflow(store: Store, warehouse_path: str) -> None:
 
 
 def test_full_extract_equals_mlflow(seeded_store: Store, warehouse_path: str):
-    result = extract_traces(SqliteTrackingStore(seeded_store.uri), warehouse_path)
+    result = extract_traces(SqlTrackingStore(seeded_store.uri), warehouse_path)
     assert result.mode == "full"
     assert result.source_traces == len(seeded_store.trace_ids) == result.changed_traces
     assert_matches_mlflow(seeded_store, warehouse_path)
@@ -52,7 +52,7 @@ def test_full_extract_equals_mlflow(seeded_store: Store, warehouse_path: str):
 
 
 def test_rerun_with_nothing_new_changes_nothing(seeded_store: Store, warehouse_path: str):
-    source = SqliteTrackingStore(seeded_store.uri)
+    source = SqlTrackingStore(seeded_store.uri)
     extract_traces(source, warehouse_path)
     before = table_dump(warehouse_path)
     result = extract_traces(source, warehouse_path)
@@ -75,7 +75,7 @@ def make_late_changes(store: Store) -> None:
 
 
 def test_late_changes_appear_on_next_run(store: Store, warehouse_path: str, tmp_path: Path):
-    source = SqliteTrackingStore(store.uri)
+    source = SqlTrackingStore(store.uri)
     extract_traces(source, warehouse_path)
     make_late_changes(store)
     result = extract_traces(source, warehouse_path)
@@ -91,7 +91,7 @@ def test_late_changes_appear_on_next_run(store: Store, warehouse_path: str, tmp_
 KILL_SCRIPT = """
 import sys, time
 from assets.traces.extract import extract_traces
-from resources.trace_sources import SqliteTrackingStore
+from resources.trace_sources import SqlTrackingStore
 
 uri, warehouse, kill_at, marker = sys.argv[1:5]
 
@@ -100,13 +100,13 @@ def progress(message):
         open(marker, "w").close()
         time.sleep(600)
 
-extract_traces(SqliteTrackingStore(uri), warehouse, progress=progress)
+extract_traces(SqlTrackingStore(uri), warehouse, progress=progress)
 """
 
 
 @pytest.mark.parametrize("kill_at", ["fingerprinted", "traces:", "assessments:"])
 def test_killed_run_leaves_warehouse_consistent(store: Store, warehouse_path: str, tmp_path: Path, kill_at: str):
-    source = SqliteTrackingStore(store.uri)
+    source = SqlTrackingStore(store.uri)
     extract_traces(source, warehouse_path)
     make_late_changes(store)
     before = table_dump(warehouse_path)
@@ -137,7 +137,7 @@ def test_unparsable_span_content_is_reported_not_fatal(store: Store, warehouse_p
         span_id = span_id[0] if span_id else db.execute("SELECT span_id FROM spans WHERE trace_id = ? LIMIT 1", [victim]).fetchone()[0]
         db.execute("UPDATE spans SET content = '{\"truncated\": ' WHERE trace_id = ? AND span_id = ?", [victim, span_id])
         spans_of_victim = db.execute("SELECT count(*) FROM spans WHERE trace_id = ?", [victim]).fetchone()[0]
-    result = extract_traces(SqliteTrackingStore(store.uri), warehouse_path)
+    result = extract_traces(SqlTrackingStore(store.uri), warehouse_path)
     assert result.bad_span_count == 1
     assert result.bad_spans == [(victim, span_id, "span content is not valid JSON")]
     with duckdb.connect(warehouse_path, read_only=True) as con:
@@ -156,7 +156,7 @@ def test_pre_317_store_is_refused_with_the_supported_range(store: Store, warehou
     with sqlite3.connect(store.path) as db:
         db.execute("UPDATE alembic_version SET version_num = 'b7e2c1a4d9f3'")  # the revision before 3.17's layout
     with pytest.raises(SourceError, match=r"older than MLflow 3\.17.*LLMOPS_TRACE_SOURCE=api"):
-        extract_traces(SqliteTrackingStore(store.uri), warehouse_path)
+        extract_traces(SqlTrackingStore(store.uri), warehouse_path)
     assert not Path(warehouse_path).exists()
 
 
@@ -168,9 +168,9 @@ def test_unknown_source_kind_names_the_choices():
 CONCURRENT_SCRIPT = """
 import json, sys
 from assets.traces.extract import extract_traces
-from resources.trace_sources import SqliteTrackingStore
+from resources.trace_sources import SqlTrackingStore
 
-print(json.dumps(extract_traces(SqliteTrackingStore(sys.argv[1]), sys.argv[2]).mode))
+print(json.dumps(extract_traces(SqlTrackingStore(sys.argv[1]), sys.argv[2]).mode))
 """
 
 
