@@ -1,0 +1,112 @@
+"""Insights over the DuckDB warehouse: SQLAlchemy Core queries returning Pydantic models (no Dagster).
+
+Every query takes experiment ids, an optional inclusive time range (epoch ms) and, for time series, a
+bucket size. Buckets are aligned to the UTC epoch and reported by their start in epoch ms, as MLflow's
+`query_trace_metrics` does. Values are bound parameters, never spliced into SQL. The queries use only
+standard constructs (e.g. `percentile_cont ... WITHIN GROUP`), so they also compile for Databricks SQL.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import sqlalchemy as sa
+from pydantic import BaseModel, Field
+
+TRACES = sa.table(
+    "traces", sa.column("experiment_id"), sa.column("timestamp_ms"), sa.column("execution_time_ms"),
+    sa.column("status"),
+)
+
+
+class TimeBucket(str, Enum):
+    hour = "hour"
+    day = "day"
+    week = "week"
+
+    @property
+    def milliseconds(self) -> int:
+        return {"hour": 3_600_000, "day": 86_400_000, "week": 604_800_000}[self.value]
+
+
+class InsightsQuery(BaseModel):
+    experiment_ids: list[str] = Field(min_length=1)
+    start_time: int | None = Field(default=None, description="Epoch ms, inclusive.")
+    end_time: int | None = Field(default=None, description="Epoch ms, inclusive.")
+    time_bucket: TimeBucket = TimeBucket.day
+
+
+class VolumeStats(BaseModel):
+    count: int
+    ok_count: int
+    error_count: int
+
+
+class VolumePoint(VolumeStats):
+    time_bucket: int
+
+
+class VolumeResponse(BaseModel):
+    summary: VolumeStats
+    time_series: list[VolumePoint]
+
+
+class LatencyStats(BaseModel):
+    p50_latency: float | None
+    p90_latency: float | None
+    p95_latency: float | None
+    p99_latency: float | None
+    avg_latency: float | None
+
+
+class LatencyPoint(LatencyStats):
+    time_bucket: int
+
+
+class LatencyResponse(BaseModel):
+    summary: LatencyStats
+    time_series: list[LatencyPoint]
+
+
+def _where(query: InsightsQuery) -> list[sa.ColumnElement[bool]]:
+    conditions = [TRACES.c.experiment_id.in_(query.experiment_ids)]
+    if query.start_time is not None:
+        conditions.append(TRACES.c.timestamp_ms >= query.start_time)
+    if query.end_time is not None:
+        conditions.append(TRACES.c.timestamp_ms <= query.end_time)
+    return conditions
+
+
+def _bucket(query: InsightsQuery) -> sa.ColumnElement[int]:
+    size = query.time_bucket.milliseconds
+    return (sa.cast(sa.func.floor(TRACES.c.timestamp_ms / size), sa.BigInteger) * size).label("time_bucket")
+
+
+def _series(conn: sa.Connection, query: InsightsQuery, measures: list[sa.ColumnElement]) -> tuple[dict, list[dict]]:
+    """Rows of `measures` over the whole range, and per time bucket (oldest first)."""
+    summary = conn.execute(sa.select(*measures).where(*_where(query))).mappings().one()
+    bucket = _bucket(query)
+    rows = conn.execute(
+        sa.select(bucket, *measures).where(*_where(query)).group_by(bucket).order_by(bucket)
+    ).mappings().all()
+    return dict(summary), [dict(row) for row in rows]
+
+
+def traffic_volume(conn: sa.Connection, query: InsightsQuery) -> VolumeResponse:
+    measures = [
+        sa.func.count().label("count"),
+        sa.func.count().filter(TRACES.c.status == "OK").label("ok_count"),
+        sa.func.count().filter(TRACES.c.status == "ERROR").label("error_count"),
+    ]
+    summary, series = _series(conn, query, measures)
+    return VolumeResponse(summary=VolumeStats(**summary), time_series=[VolumePoint(**row) for row in series])
+
+
+def traffic_latency(conn: sa.Connection, query: InsightsQuery) -> LatencyResponse:
+    latency = TRACES.c.execution_time_ms
+    measures = [
+        *(sa.func.percentile_cont(p / 100).within_group(latency).label(f"p{p}_latency") for p in (50, 90, 95, 99)),
+        sa.func.avg(latency).label("avg_latency"),
+    ]
+    summary, series = _series(conn, query, measures)
+    return LatencyResponse(summary=LatencyStats(**summary), time_series=[LatencyPoint(**row) for row in series])

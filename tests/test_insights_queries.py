@@ -1,0 +1,105 @@
+"""Traffic insights from the warehouse equal MLflow's own `query_trace_metrics` on the same store."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+import pytest
+import sqlalchemy as sa
+from mlflow.entities.trace_metrics import AggregationType, MetricAggregation, MetricViewType
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+from assets.insights.queries import InsightsQuery, TimeBucket, traffic_latency, traffic_volume
+from assets.traces.extract import extract_traces
+from resources.trace_sources import SqlTrackingStore
+from tests.conftest import Store
+
+PERCENTILES = (50.0, 90.0, 95.0, 99.0)
+
+
+@pytest.fixture(scope="module")
+def warehouse(seeded_store: Store, tmp_path_factory) -> sa.Engine:
+    path = tmp_path_factory.mktemp("insights") / "warehouse.duckdb"
+    extract_traces(SqlTrackingStore(seeded_store.uri), str(path))
+    engine = sa.create_engine(f"duckdb:///{path}", connect_args={"read_only": True})
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(seeded_store: Store, tmp_path_factory) -> SqlAlchemyStore:
+    return SqlAlchemyStore(seeded_store.uri, str(tmp_path_factory.mktemp("artifacts")))
+
+
+def _window(warehouse: sa.Engine) -> tuple[int, int]:
+    with warehouse.connect() as conn:
+        low, high = conn.execute(sa.text("SELECT min(timestamp_ms), max(timestamp_ms) FROM traces")).one()
+    return low + 3_600_000, high - 3_600_000  # cut an hour off both ends: the bounds must be honoured
+
+
+def _bucket_ms(point) -> int:
+    return int(datetime.fromisoformat(point.dimensions["time_bucket"]).timestamp() * 1000)
+
+
+@pytest.mark.parametrize("bucket", list(TimeBucket))
+def test_volume_equals_query_trace_metrics(warehouse, mlflow_store, seeded_store: Store, bucket: TimeBucket):
+    start, end = _window(warehouse)
+    query = InsightsQuery(experiment_ids=[seeded_store.experiment_id], start_time=start, end_time=end, time_bucket=bucket)
+    with warehouse.connect() as conn:
+        ours = traffic_volume(conn, query)
+    points = mlflow_store.query_trace_metrics(
+        [seeded_store.experiment_id], MetricViewType.TRACES, "trace_count", [MetricAggregation(AggregationType.COUNT)],
+        dimensions=["trace_status"], time_interval_seconds=bucket.milliseconds // 1000, start_time_ms=start,
+        end_time_ms=end,
+    )
+    expected: dict[int, dict[str, int]] = {}
+    for p in points:
+        expected.setdefault(_bucket_ms(p), {})[p.dimensions["trace_status"]] = p.values["COUNT"]
+    assert {pt.time_bucket: (pt.count, pt.ok_count, pt.error_count) for pt in ours.time_series} == {
+        b: (sum(c.values()), c.get("OK", 0), c.get("ERROR", 0)) for b, c in expected.items()
+    }
+    total = sum(sum(c.values()) for c in expected.values())
+    assert ours.summary.count == total and 0 < total < len(seeded_store.trace_ids)
+    assert ours.summary.error_count == sum(c.get("ERROR", 0) for c in expected.values()) > 0
+
+
+def test_latency_percentiles_equal_query_trace_metrics(warehouse, mlflow_store, seeded_store: Store):
+    start, end = _window(warehouse)
+    query = InsightsQuery(experiment_ids=[seeded_store.experiment_id], start_time=start, end_time=end)
+    with warehouse.connect() as conn:
+        ours = traffic_latency(conn, query)
+    aggregations = [MetricAggregation(AggregationType.PERCENTILE, p) for p in PERCENTILES]
+    aggregations.append(MetricAggregation(AggregationType.AVG))
+
+    def mlflow_latency(**kwargs):
+        return mlflow_store.query_trace_metrics(
+            [seeded_store.experiment_id], MetricViewType.TRACES, "latency", aggregations, start_time_ms=start,
+            end_time_ms=end, **kwargs,
+        )
+
+    def as_tuple(values: dict) -> tuple:
+        return tuple(values[f"P{p}"] for p in PERCENTILES) + (values["AVG"],)
+
+    def ours_tuple(stats) -> tuple:
+        return (stats.p50_latency, stats.p90_latency, stats.p95_latency, stats.p99_latency, stats.avg_latency)
+
+    (summary,) = mlflow_latency()
+    assert all(map(math.isclose, ours_tuple(ours.summary), as_tuple(summary.values)))
+    expected = {_bucket_ms(p): as_tuple(p.values) for p in mlflow_latency(time_interval_seconds=86_400)}
+    assert set(expected) == {pt.time_bucket for pt in ours.time_series}
+    for point in ours.time_series:
+        assert all(map(math.isclose, ours_tuple(point), expected[point.time_bucket])), point.time_bucket
+
+
+def test_unknown_experiment_gives_empty_results(warehouse):
+    with warehouse.connect() as conn:
+        volume = traffic_volume(conn, InsightsQuery(experiment_ids=["no-such-experiment"]))
+    assert volume.summary.count == 0 and volume.time_series == []
+
+
+def test_bad_query_names_the_field():
+    with pytest.raises(ValueError, match="time_bucket"):
+        InsightsQuery(experiment_ids=["1"], time_bucket="fortnight")
+    with pytest.raises(ValueError, match="experiment_ids"):
+        InsightsQuery(experiment_ids=[])
