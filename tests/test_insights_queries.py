@@ -10,7 +10,18 @@ import sqlalchemy as sa
 from mlflow.entities.trace_metrics import AggregationType, MetricAggregation, MetricViewType
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-from assets.insights.queries import InsightsQuery, TimeBucket, traffic_latency, traffic_volume
+import json
+
+from mlflow import MlflowClient
+
+from assets.insights.queries import (
+    InsightsQuery,
+    TimeBucket,
+    traffic_errors,
+    traffic_latency,
+    traffic_tokens,
+    traffic_volume,
+)
 from assets.traces.extract import extract_traces
 from resources.trace_sources import SqlTrackingStore
 from tests.conftest import Store
@@ -92,10 +103,43 @@ def test_latency_percentiles_equal_query_trace_metrics(warehouse, mlflow_store, 
         assert all(map(math.isclose, ours_tuple(point), expected[point.time_bucket])), point.time_bucket
 
 
+def test_errors_match_volume_and_rate(warehouse, seeded_store: Store):
+    query = InsightsQuery(experiment_ids=[seeded_store.experiment_id], time_bucket=TimeBucket.day)
+    with warehouse.connect() as conn:
+        errors, volume = traffic_errors(conn, query), traffic_volume(conn, query)
+    assert (errors.summary.total_count, errors.summary.error_count) == (volume.summary.count, volume.summary.error_count)
+    assert math.isclose(errors.summary.error_rate, volume.summary.error_count / volume.summary.count)
+    assert [(p.time_bucket, p.error_count) for p in errors.time_series] == [
+        (p.time_bucket, p.error_count) for p in volume.time_series
+    ]
+
+
+def test_tokens_equal_query_trace_metrics_and_cost_equals_mlflow_metadata(warehouse, mlflow_store, seeded_store: Store):
+    start, end = _window(warehouse)
+    query = InsightsQuery(experiment_ids=[seeded_store.experiment_id], start_time=start, end_time=end)
+    with warehouse.connect() as conn:
+        ours = traffic_tokens(conn, query)
+    for metric in ("input_tokens", "output_tokens", "total_tokens"):
+        (point,) = mlflow_store.query_trace_metrics(
+            [seeded_store.experiment_id], MetricViewType.TRACES, metric, [MetricAggregation(AggregationType.SUM)],
+            start_time_ms=start, end_time_ms=end,
+        )
+        assert getattr(ours.summary, metric) == point.values["SUM"] > 0, metric
+    traces = MlflowClient(seeded_store.uri).search_traces(
+        locations=[seeded_store.experiment_id], max_results=1000, include_spans=False,
+        filter_string=f"trace.timestamp_ms >= {start} AND trace.timestamp_ms <= {end}",
+    )
+    cost = sum(json.loads(t.info.trace_metadata.get("mlflow.trace.cost", "{}")).get("total_cost", 0) for t in traces)
+    assert math.isclose(ours.summary.total_cost, cost, rel_tol=1e-9) and cost > 0
+    assert sum(p.total_tokens for p in ours.time_series) == ours.summary.total_tokens
+
+
 def test_unknown_experiment_gives_empty_results(warehouse):
     with warehouse.connect() as conn:
         volume = traffic_volume(conn, InsightsQuery(experiment_ids=["no-such-experiment"]))
+        errors = traffic_errors(conn, InsightsQuery(experiment_ids=["no-such-experiment"]))
     assert volume.summary.count == 0 and volume.time_series == []
+    assert errors.summary.error_rate is None
 
 
 def test_bad_query_names_the_field():

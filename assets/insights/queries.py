@@ -15,7 +15,8 @@ from pydantic import BaseModel, Field
 
 TRACES = sa.table(
     "traces", sa.column("experiment_id"), sa.column("timestamp_ms"), sa.column("execution_time_ms"),
-    sa.column("status"),
+    sa.column("status"), sa.column("input_tokens"), sa.column("output_tokens"), sa.column("total_tokens"),
+    sa.column("total_cost"),
 )
 
 
@@ -68,6 +69,37 @@ class LatencyResponse(BaseModel):
     time_series: list[LatencyPoint]
 
 
+class ErrorStats(BaseModel):
+    total_count: int
+    error_count: int
+    error_rate: float | None = Field(description="error_count / total_count; null when there are no traces")
+
+
+class ErrorPoint(ErrorStats):
+    time_bucket: int
+
+
+class ErrorResponse(BaseModel):
+    summary: ErrorStats
+    time_series: list[ErrorPoint]
+
+
+class TokenStats(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    total_cost: float = Field(description="USD")
+
+
+class TokenPoint(TokenStats):
+    time_bucket: int
+
+
+class TokenResponse(BaseModel):
+    summary: TokenStats
+    time_series: list[TokenPoint]
+
+
 def _where(query: InsightsQuery) -> list[sa.ColumnElement[bool]]:
     conditions = [TRACES.c.experiment_id.in_(query.experiment_ids)]
     if query.start_time is not None:
@@ -110,3 +142,23 @@ def traffic_latency(conn: sa.Connection, query: InsightsQuery) -> LatencyRespons
     ]
     summary, series = _series(conn, query, measures)
     return LatencyResponse(summary=LatencyStats(**summary), time_series=[LatencyPoint(**row) for row in series])
+
+
+def traffic_errors(conn: sa.Connection, query: InsightsQuery) -> ErrorResponse:
+    errors = sa.func.count().filter(TRACES.c.status == "ERROR")
+    measures = [
+        sa.func.count().label("total_count"),
+        errors.label("error_count"),
+        (sa.cast(errors, sa.Double) / sa.func.nullif(sa.func.count(), 0)).label("error_rate"),
+    ]
+    summary, series = _series(conn, query, measures)
+    return ErrorResponse(summary=ErrorStats(**summary), time_series=[ErrorPoint(**row) for row in series])
+
+
+def traffic_tokens(conn: sa.Connection, query: InsightsQuery) -> TokenResponse:
+    measures = [
+        sa.func.coalesce(sa.func.sum(TRACES.c[column]), 0).label(column)
+        for column in ("input_tokens", "output_tokens", "total_tokens", "total_cost")
+    ]
+    summary, series = _series(conn, query, measures)
+    return TokenResponse(summary=TokenStats(**summary), time_series=[TokenPoint(**row) for row in series])
