@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
 TRACES = sa.table(
-    "traces", sa.column("experiment_id"), sa.column("timestamp_ms"), sa.column("execution_time_ms"),
+    "traces", sa.column("trace_id"), sa.column("experiment_id"), sa.column("timestamp_ms"), sa.column("execution_time_ms"),
     sa.column("status"), sa.column("input_tokens"), sa.column("output_tokens"), sa.column("total_tokens"),
     sa.column("total_cost"),
 )
@@ -100,7 +100,7 @@ class TokenResponse(BaseModel):
     time_series: list[TokenPoint]
 
 
-def _where(query: InsightsQuery) -> list[sa.ColumnElement[bool]]:
+def population_filter(query: InsightsQuery) -> list[sa.ColumnElement[bool]]:
     conditions = [TRACES.c.experiment_id.in_(query.experiment_ids)]
     if query.start_time is not None:
         conditions.append(TRACES.c.timestamp_ms >= query.start_time)
@@ -116,10 +116,10 @@ def _bucket(query: InsightsQuery) -> sa.ColumnElement[int]:
 
 def _series(conn: sa.Connection, query: InsightsQuery, measures: list[sa.ColumnElement]) -> tuple[dict, list[dict]]:
     """Rows of `measures` over the whole range, and per time bucket (oldest first)."""
-    summary = conn.execute(sa.select(*measures).where(*_where(query))).mappings().one()
+    summary = conn.execute(sa.select(*measures).where(*population_filter(query))).mappings().one()
     bucket = _bucket(query)
     rows = conn.execute(
-        sa.select(bucket, *measures).where(*_where(query)).group_by(bucket).order_by(bucket)
+        sa.select(bucket, *measures).where(*population_filter(query)).group_by(bucket).order_by(bucket)
     ).mappings().all()
     return dict(summary), [dict(row) for row in rows]
 
