@@ -27,7 +27,7 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 TEMPLATES = 100
 ALL_TOOLS = ("web.fetch", "sql.query", "calculator", "weather.lookup")  # root+kb+plan+4 tools+respond = 8 spans
 DAY_MS = 86_400_000
-# Columns (besides the trace id) that copies get fresh values for.
+# Each table MLflow keeps per trace, and its column holding the trace id.
 ID_TABLES = {
     "trace_info": "request_id",
     "spans": "trace_id",

@@ -98,12 +98,11 @@ def demo_command(traces: int, reseed: bool) -> None:
         click.echo(f"Experiment '{experiment}' already has traces; use --reseed to add more.")
     _materialize("main")
 
-    import duckdb
+    from assets.traces.quality import warehouse_summary
+    from resources.warehouse import WarehouseResource
 
-    from resources.warehouse import CONTRACT_TABLES
-
-    with duckdb.connect(values[settings.LLMOPS_DUCKDB_PATH], read_only=True) as con:
-        counts = ", ".join(f"{t} {con.execute(f'SELECT count(*) FROM {t}').fetchone()[0]}" for t in CONTRACT_TABLES)
+    with WarehouseResource(path=values[settings.LLMOPS_DUCKDB_PATH]).connect(read_only=True) as con:
+        counts = ", ".join(f"{table} {rows}" for table, rows in warehouse_summary(con).rows.items())
     uri = values[settings.MLFLOW_TRACKING_URI]
     click.echo(
         f"""

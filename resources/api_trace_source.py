@@ -1,7 +1,7 @@
 """Traces read through MLflow's client API: remote tracking servers, Databricks, or any store URI.
 
 It rebuilds the rows of MLflow's own SQL tables from the API's entities (as Arrow tables registered in
-DuckDB), so the extractor's SQL is the same as for the direct SQLite reader and both give the same
+DuckDB), so the extractor's SQL is the same as for the direct SQL reader and both give the same
 warehouse. Trace infos (with tags, metadata and assessments) are paged with the upper time bound pinned at
 the start of the run, so new traces cannot shift the pages; spans are fetched only for changed traces.
 """

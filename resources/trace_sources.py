@@ -65,6 +65,14 @@ class TraceSource(Protocol):
         """A FROM-clause for `table`'s rows: all of them, or those of the traces in temp table `_changed`."""
 
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def uri_scheme(uri: str) -> str:
+    """`postgresql` for `postgresql+psycopg2://...`: the scheme without SQLAlchemy's driver suffix."""
+    return uri.split("://")[0].split("+")[0]
+
+
 def _projection(table: str) -> str:
     return ", ".join(f'"{c}"' for c in RAW_COLUMNS[table])
 
@@ -101,7 +109,7 @@ class SqlTrackingStore:
             self.scanner, self.query_function = "sqlite_scanner", "sqlite_query"
             path = uri.removeprefix("sqlite:///").split("?")[0]
             self.target, self.attach_type = os.path.abspath(path), "sqlite"
-        elif uri.split("://")[0].split("+")[0] in ("postgresql", "postgres"):
+        elif uri_scheme(uri) in POSTGRES_SCHEMES:
             self.scanner, self.query_function = "postgres_scanner", "postgres_query"
             # libpq takes the URI without SQLAlchemy's "+driver" suffix.
             self.target, self.attach_type = "postgresql://" + uri.split("://", 1)[1], "postgres"
@@ -120,12 +128,12 @@ class SqlTrackingStore:
 
     def relation(self, con: duckdb.DuckDBPyConnection, table: str, only_changed: bool) -> str:
         key = TRACE_ID_COLUMN[table]
-        scan = f"(SELECT {_projection(table)} FROM src.{table}"
+        scan = f"SELECT {_projection(table)} FROM src.{table}"
         if not only_changed:
-            return scan + ")"
+            return f"({scan})"
         trace_ids = [row[0] for row in con.execute("SELECT trace_id FROM _changed").fetchall()]
         if len(trace_ids) > self.targeted_read_limit:
-            return scan + f" WHERE {key} IN (SELECT trace_id FROM _changed))"
+            return f"({scan} WHERE {key} IN (SELECT trace_id FROM _changed))"
         # Index lookups in the database itself (the scanners do not push these filters down), in a few
         # chunks that DuckDB reads in parallel.
         staged, size = f"_raw_{table}", min(5_000, -(-len(trace_ids) // 4))
@@ -136,7 +144,7 @@ class SqlTrackingStore:
         ] or [f"SELECT {_projection(table)} FROM {table} WHERE false"]
         union = " UNION ALL ".join(f"SELECT * FROM {self.query_function}('src', {_sql_string(q)})" for q in chunks)
         # Pass-through query columns may come back untyped: the empty scan of the table gives them their types.
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {staged} AS {scan} LIMIT 0)")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {staged} AS {scan} LIMIT 0")
         con.execute(f"INSERT INTO {staged} {union}")
         return staged
 
@@ -171,16 +179,13 @@ def check_schema_revision(con: duckdb.DuckDBPyConnection, uri: str) -> str:
     )
 
 
-DIRECT_SQL_SCHEMES = ("sqlite", "postgresql", "postgres")
-
-
 def source_for(uri: str, kind: str = "auto", progress: Callable[[str], None] | None = None) -> TraceSource:
     """Pick the source for a tracking URI.
 
     kind: auto (sql for sqlite:/// and postgresql:// stores, api otherwise) | sql | api."""
     if kind not in ("auto", "sql", "api"):
         raise SourceError(f"LLMOPS_TRACE_SOURCE must be auto, sql or api, not {kind!r}")
-    direct = uri.split("://")[0].split("+")[0] in DIRECT_SQL_SCHEMES
+    direct = uri_scheme(uri) in ("sqlite", *POSTGRES_SCHEMES)
     if kind == "api" or (kind == "auto" and not direct):
         from resources.api_trace_source import ApiTrackingStore
 

@@ -22,8 +22,8 @@ from assets.insights.queries import TRACES, InsightsQuery, population_filter
 SPANS = sa.table("spans", sa.column("trace_id"), sa.column("name"), sa.column("span_type"), sa.column("status"))
 TAGS = sa.table("trace_tags", sa.column("trace_id"), sa.column("key"), sa.column("value"))
 ASSESSMENTS = sa.table(
-    "assessments", sa.column("trace_id"), sa.column("name"), sa.column("valid"), sa.column("value_type"),
-    sa.column("bool_value"), sa.column("numeric_value"), sa.column("string_value"),
+    "assessments", sa.column("trace_id"), sa.column("name"), sa.column("valid"), sa.column("bool_value"),
+    sa.column("numeric_value"), sa.column("string_value"),
 )
 OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "=": operator.eq}
 SMOOTHING = 0.5  # Jeffreys prior, as MLflow
