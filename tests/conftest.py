@@ -11,9 +11,13 @@ os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"  # feedback is logged 
 
 import mlflow  # noqa: E402
 import pytest  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
 from mlflow.entities import AssessmentSource, AssessmentSourceType  # noqa: E402
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # noqa: E402
 
+from assets.traces.extract import extract_traces  # noqa: E402
 from resources.agent.traffic import seed_demo  # noqa: E402
+from resources.trace_sources import SqlTrackingStore  # noqa: E402
 
 HOSTILE_TAGS = {
     "note": "it's a \"quoted\" value; DROP TABLE traces; --",
@@ -60,3 +64,19 @@ def store(seeded_store: Store, tmp_path: Path) -> Store:
 @pytest.fixture
 def warehouse_path(tmp_path: Path) -> str:
     return str(tmp_path / "warehouse.duckdb")
+
+
+@pytest.fixture(scope="session")
+def warehouse(seeded_store: Store, tmp_path_factory) -> sa.Engine:
+    """The seeded store extracted once into a DuckDB warehouse, opened read-only through SQLAlchemy."""
+    path = tmp_path_factory.mktemp("insights") / "warehouse.duckdb"
+    extract_traces(SqlTrackingStore(seeded_store.uri), str(path))
+    engine = sa.create_engine(f"duckdb:///{path}", connect_args={"read_only": True})
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(seeded_store: Store, tmp_path_factory) -> SqlAlchemyStore:
+    """MLflow's own store over the seeded database: the oracle for the insights numbers."""
+    return SqlAlchemyStore(seeded_store.uri, str(tmp_path_factory.mktemp("artifacts")))

@@ -13,7 +13,6 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from assets.insights.npmi import Counts, Dimension, DimensionError, calculate_npmi, npmi
 from assets.insights.queries import InsightsQuery
 from tests.conftest import HOSTILE_TAGS, Store
-from tests.test_insights_queries import mlflow_store, warehouse  # noqa: F401 - shared fixtures
 
 
 def same(a: float, b: float) -> bool:
@@ -43,7 +42,7 @@ PAIRS = [
 
 @pytest.mark.parametrize("first, filter1, second, filter2", PAIRS, ids=[p[1] + " ~ " + p[3] for p in PAIRS])
 def test_counts_and_npmi_equal_calculate_trace_filter_correlation(
-    warehouse, mlflow_store: SqlAlchemyStore, seeded_store: Store, first, filter1, second, filter2  # noqa: F811
+    warehouse, mlflow_store: SqlAlchemyStore, seeded_store: Store, first, filter1, second, filter2
 ):
     with warehouse.connect() as conn:
         ours = calculate_npmi(conn, InsightsQuery(experiment_ids=[seeded_store.experiment_id]), first, second)
@@ -55,7 +54,7 @@ def test_counts_and_npmi_equal_calculate_trace_filter_correlation(
     assert same(ours.npmi, theirs.npmi) and same(ours.npmi_smoothed, theirs.npmi_smoothed)
 
 
-def test_hostile_tag_values_are_bound_not_spliced(warehouse, seeded_store: Store):  # noqa: F811
+def test_hostile_tag_values_are_bound_not_spliced(warehouse, seeded_store: Store):
     query = InsightsQuery(experiment_ids=[seeded_store.experiment_id])
     with warehouse.connect() as conn:
         for key, value in HOSTILE_TAGS.items():
@@ -72,7 +71,7 @@ def test_hostile_tag_values_are_bound_not_spliced(warehouse, seeded_store: Store
     (Dimension(name="latency", parameters={"threshold": "slow"}), "threshold must be a number"),
     (Dimension(name="tools.web.fetch", parameters={"value": "sometimes"}), "used, error or success"),
 ])
-def test_bad_dimensions_name_what_is_wrong(warehouse, seeded_store: Store, dimension, message):  # noqa: F811
+def test_bad_dimensions_name_what_is_wrong(warehouse, seeded_store: Store, dimension, message):
     with warehouse.connect() as conn, pytest.raises(DimensionError, match=message):
         calculate_npmi(conn, InsightsQuery(experiment_ids=[seeded_store.experiment_id]), dimension,
                        Dimension(name="status", parameters={"value": "OK"}))

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
-from mlflow.entities.trace_metrics import AggregationType, MetricAggregation, MetricViewType
-from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-import json
-
 from mlflow import MlflowClient
+from mlflow.entities.trace_metrics import AggregationType, MetricAggregation, MetricViewType
 
 from assets.insights.queries import (
     InsightsQuery,
@@ -22,25 +19,9 @@ from assets.insights.queries import (
     traffic_tokens,
     traffic_volume,
 )
-from assets.traces.extract import extract_traces
-from resources.trace_sources import SqlTrackingStore
 from tests.conftest import Store
 
 PERCENTILES = (50.0, 90.0, 95.0, 99.0)
-
-
-@pytest.fixture(scope="module")
-def warehouse(seeded_store: Store, tmp_path_factory) -> sa.Engine:
-    path = tmp_path_factory.mktemp("insights") / "warehouse.duckdb"
-    extract_traces(SqlTrackingStore(seeded_store.uri), str(path))
-    engine = sa.create_engine(f"duckdb:///{path}", connect_args={"read_only": True})
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def mlflow_store(seeded_store: Store, tmp_path_factory) -> SqlAlchemyStore:
-    return SqlAlchemyStore(seeded_store.uri, str(tmp_path_factory.mktemp("artifacts")))
 
 
 def _window(warehouse: sa.Engine) -> tuple[int, int]:

@@ -17,14 +17,16 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import BaseModel
 
-from assets.insights.queries import TRACES, InsightsQuery, population_filter
-
-SPANS = sa.table("spans", sa.column("trace_id"), sa.column("name"), sa.column("span_type"), sa.column("status"))
-TAGS = sa.table("trace_tags", sa.column("trace_id"), sa.column("key"), sa.column("value"))
-ASSESSMENTS = sa.table(
-    "assessments", sa.column("trace_id"), sa.column("name"), sa.column("valid"), sa.column("bool_value"),
-    sa.column("numeric_value"), sa.column("string_value"),
+from assets.insights.queries import (
+    ASSESSMENTS,
+    SPANS,
+    TAGS,
+    TRACES,
+    VALID_FEEDBACK,
+    InsightsQuery,
+    population_filter,
 )
+
 OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "=": operator.eq}
 SMOOTHING = 0.5  # Jeffreys prior, as MLflow
 
@@ -61,14 +63,34 @@ def _param(dimension: Dimension, key: str) -> Any:
     return dimension.parameters[key]
 
 
+def threshold(dimension: Dimension) -> float:
+    raw = _param(dimension, "threshold")
+    try:
+        if isinstance(raw, bool):
+            raise TypeError
+        return float(raw)  # the REST API's parameters may be strings, like the seed's
+    except (TypeError, ValueError):
+        raise DimensionError(f"dimension {dimension.name!r}: threshold must be a number, not {raw!r}") from None
+
+
 def _compare(dimension: Dimension, column: sa.ColumnElement) -> sa.ColumnElement[bool]:
     op = dimension.parameters.get("operator", ">")
     if op not in OPERATORS:
         raise DimensionError(f"dimension {dimension.name!r}: operator must be one of {sorted(OPERATORS)}, not {op!r}")
-    threshold = _param(dimension, "threshold")
-    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
-        raise DimensionError(f"dimension {dimension.name!r}: threshold must be a number, not {threshold!r}")
-    return OPERATORS[op](column, threshold)
+    return OPERATORS[op](column, threshold(dimension))
+
+
+def _assessment_value(value: Any) -> sa.ColumnElement[bool]:
+    """Feedback equal to `value`: a boolean matches true/false in any spelling, a number the numeric value."""
+    if isinstance(value, bool):
+        return ASSESSMENTS.c.bool_value == value
+    if isinstance(value, (int, float)):
+        return ASSESSMENTS.c.numeric_value == value
+    text = str(value)
+    as_bool = {"true": True, "false": False}.get(text.lower())
+    if as_bool is None:
+        return ASSESSMENTS.c.string_value == text
+    return sa.or_(ASSESSMENTS.c.bool_value == as_bool, ASSESSMENTS.c.string_value == text)
 
 
 def trace_ids(dimension: Dimension) -> sa.Select:
@@ -98,15 +120,11 @@ def trace_ids(dimension: Dimension) -> sa.Select:
             return used.where(SPANS.c.trace_id.not_in(failed))
         raise DimensionError(f"dimension {name!r}: value must be used, error or success, not {state!r}")
     if prefix == "assessment":
-        valid = sa.and_(ASSESSMENTS.c.name == rest, ASSESSMENTS.c.valid)
         if "threshold" in dimension.parameters:
             condition = _compare(dimension, ASSESSMENTS.c.numeric_value)
         else:
-            value = _param(dimension, "value")
-            condition = (
-                ASSESSMENTS.c.bool_value == value if isinstance(value, bool) else ASSESSMENTS.c.string_value == value
-            )
-        return sa.select(ASSESSMENTS.c.trace_id).where(valid, condition)
+            condition = _assessment_value(_param(dimension, "value"))
+        return sa.select(ASSESSMENTS.c.trace_id).where(VALID_FEEDBACK, ASSESSMENTS.c.name == rest, condition)
     raise DimensionError(f"unknown dimension {name!r}")
 
 

@@ -11,13 +11,25 @@ from __future__ import annotations
 from enum import Enum
 
 import sqlalchemy as sa
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 TRACES = sa.table(
     "traces", sa.column("trace_id"), sa.column("experiment_id"), sa.column("timestamp_ms"), sa.column("execution_time_ms"),
     sa.column("status"), sa.column("input_tokens"), sa.column("output_tokens"), sa.column("total_tokens"),
     sa.column("total_cost"),
 )
+SPANS = sa.table(
+    "spans", sa.column("trace_id"), sa.column("span_id"), sa.column("name"), sa.column("span_type"),
+    sa.column("status"), sa.column("duration_ms"),
+)
+TAGS = sa.table("trace_tags", sa.column("trace_id"), sa.column("key"), sa.column("value"))
+ASSESSMENTS = sa.table(
+    "assessments", sa.column("assessment_id"), sa.column("trace_id"), sa.column("name"), sa.column("assessment_type"),
+    sa.column("valid"), sa.column("value_type"), sa.column("value_json"), sa.column("bool_value"),
+    sa.column("numeric_value"), sa.column("string_value"), sa.column("source_type"),
+)
+# Feedback that counts: assessments of type feedback that no later assessment overrode (as MLflow's metrics).
+VALID_FEEDBACK = sa.and_(ASSESSMENTS.c.assessment_type == "feedback", ASSESSMENTS.c.valid)
 
 
 class TimeBucket(str, Enum):
@@ -35,6 +47,12 @@ class InsightsQuery(BaseModel):
     start_time: int | None = Field(default=None, description="Epoch ms, inclusive.")
     end_time: int | None = Field(default=None, description="Epoch ms, inclusive.")
     time_bucket: TimeBucket = TimeBucket.day
+
+    @model_validator(mode="after")
+    def _ordered_range(self) -> InsightsQuery:
+        if self.start_time is not None and self.end_time is not None and self.start_time > self.end_time:
+            raise ValueError(f"start_time ({self.start_time}) is after end_time ({self.end_time})")
+        return self
 
 
 class VolumeStats(BaseModel):
@@ -109,18 +127,27 @@ def population_filter(query: InsightsQuery) -> list[sa.ColumnElement[bool]]:
     return conditions
 
 
-def _bucket(query: InsightsQuery) -> sa.ColumnElement[int]:
-    size = query.time_bucket.milliseconds
+def bucket_column(time_bucket: TimeBucket) -> sa.ColumnElement[int]:
+    """The start (epoch ms, UTC-aligned) of the trace's time bucket."""
+    size = time_bucket.milliseconds
     return (sa.cast(sa.func.floor(TRACES.c.timestamp_ms / size), sa.BigInteger) * size).label("time_bucket")
 
 
-def _series(conn: sa.Connection, query: InsightsQuery, measures: list[sa.ColumnElement]) -> tuple[dict, list[dict]]:
-    """Rows of `measures` over the whole range, and per time bucket (oldest first)."""
-    summary = conn.execute(sa.select(*measures).where(*population_filter(query))).mappings().one()
-    bucket = _bucket(query)
-    rows = conn.execute(
-        sa.select(bucket, *measures).where(*population_filter(query)).group_by(bucket).order_by(bucket)
-    ).mappings().all()
+def summary_and_series(
+    conn: sa.Connection, query: InsightsQuery, measures: list[sa.ColumnElement], *,
+    source: sa.FromClause = TRACES, where: tuple[sa.ColumnElement[bool], ...] = (),
+) -> tuple[dict, list[dict]]:
+    """Rows of `measures` over the whole range, and per time bucket (oldest first).
+
+    `source` is TRACES or a join with it: the population and the buckets are always the trace's.
+    """
+
+    def select(*columns: sa.ColumnElement) -> sa.Select:
+        return sa.select(*columns).select_from(source).where(*population_filter(query), *where)
+
+    summary = conn.execute(select(*measures)).mappings().one()
+    bucket = bucket_column(query.time_bucket)
+    rows = conn.execute(select(bucket, *measures).group_by(bucket).order_by(bucket)).mappings().all()
     return dict(summary), [dict(row) for row in rows]
 
 
@@ -130,17 +157,20 @@ def traffic_volume(conn: sa.Connection, query: InsightsQuery) -> VolumeResponse:
         sa.func.count().filter(TRACES.c.status == "OK").label("ok_count"),
         sa.func.count().filter(TRACES.c.status == "ERROR").label("error_count"),
     ]
-    summary, series = _series(conn, query, measures)
+    summary, series = summary_and_series(conn, query, measures)
     return VolumeResponse(summary=VolumeStats(**summary), time_series=[VolumePoint(**row) for row in series])
 
 
-def traffic_latency(conn: sa.Connection, query: InsightsQuery) -> LatencyResponse:
-    latency = TRACES.c.execution_time_ms
-    measures = [
+def latency_measures(latency: sa.ColumnElement) -> list[sa.ColumnElement]:
+    """p50/p90/p95/p99 (linear interpolation, as MLflow) and the mean of `latency`."""
+    return [
         *(sa.func.percentile_cont(p / 100).within_group(latency).label(f"p{p}_latency") for p in (50, 90, 95, 99)),
         sa.func.avg(latency).label("avg_latency"),
     ]
-    summary, series = _series(conn, query, measures)
+
+
+def traffic_latency(conn: sa.Connection, query: InsightsQuery) -> LatencyResponse:
+    summary, series = summary_and_series(conn, query, latency_measures(TRACES.c.execution_time_ms))
     return LatencyResponse(summary=LatencyStats(**summary), time_series=[LatencyPoint(**row) for row in series])
 
 
@@ -151,7 +181,7 @@ def traffic_errors(conn: sa.Connection, query: InsightsQuery) -> ErrorResponse:
         errors.label("error_count"),
         (sa.cast(errors, sa.Double) / sa.func.nullif(sa.func.count(), 0)).label("error_rate"),
     ]
-    summary, series = _series(conn, query, measures)
+    summary, series = summary_and_series(conn, query, measures)
     return ErrorResponse(summary=ErrorStats(**summary), time_series=[ErrorPoint(**row) for row in series])
 
 
@@ -160,5 +190,5 @@ def traffic_tokens(conn: sa.Connection, query: InsightsQuery) -> TokenResponse:
         sa.func.coalesce(sa.func.sum(TRACES.c[column]), 0).label(column)
         for column in ("input_tokens", "output_tokens", "total_tokens", "total_cost")
     ]
-    summary, series = _series(conn, query, measures)
+    summary, series = summary_and_series(conn, query, measures)
     return TokenResponse(summary=TokenStats(**summary), time_series=[TokenPoint(**row) for row in series])

@@ -1,0 +1,136 @@
+"""Assessment, tool and tag insights equal MLflow's own `query_trace_metrics` and `search_traces` on the same store."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities.trace_metrics import AggregationType, MetricAggregation, MetricViewType
+
+from assets.insights.breakdowns import (
+    AssessmentQuery,
+    TagQuery,
+    ToolQuery,
+    assessment_metrics,
+    assessments_discovery,
+    tag_metrics,
+    tags_discovery,
+    tool_metrics,
+    tools_discovery,
+)
+from assets.insights.queries import InsightsQuery, TimeBucket
+from tests.conftest import HOSTILE_TAGS, Store
+
+
+def _metrics(mlflow_store, store: Store, view, metric, aggregations, **kwargs) -> list:
+    return mlflow_store.query_trace_metrics([store.experiment_id], view, metric, aggregations, **kwargs)
+
+
+def test_assessment_discovery_and_counts_equal_query_trace_metrics(warehouse, mlflow_store, seeded_store: Store):
+    with warehouse.connect() as conn:
+        found = assessments_discovery(conn, InsightsQuery(experiment_ids=[seeded_store.experiment_id])).data
+    points = _metrics(mlflow_store, seeded_store, MetricViewType.ASSESSMENTS, "assessment_count",
+                      [MetricAggregation(AggregationType.COUNT)], dimensions=["assessment_name"],
+                      filters=["assessment.type = 'feedback'"])
+    assert {a.name: a.count for a in found} == {p.dimensions["assessment_name"]: p.values["COUNT"] for p in points}
+    kinds = {a.name: (a.assessment_type, a.sources) for a in found}
+    assert kinds == {"user_thumbs": ("boolean", ["HUMAN"]), "relevance": ("numeric", ["LLM_JUDGE"]),
+                     "tone": ("string", ["LLM_JUDGE"])}
+
+
+@pytest.mark.parametrize("name", ["user_thumbs", "tone"])
+def test_boolean_and_string_value_counts_equal_query_trace_metrics(warehouse, mlflow_store, seeded_store: Store, name):
+    with warehouse.connect() as conn:
+        ours = assessment_metrics(conn, AssessmentQuery(experiment_ids=[seeded_store.experiment_id], assessment_name=name))
+    points = _metrics(mlflow_store, seeded_store, MetricViewType.ASSESSMENTS, "assessment_count",
+                      [MetricAggregation(AggregationType.COUNT)], dimensions=["assessment_value"],
+                      filters=[f"assessment.name = '{name}'", "assessment.type = 'feedback'"])
+    theirs = {json.loads(p.dimensions["assessment_value"]): p.values["COUNT"] for p in points}
+    if ours.assessment_type == "boolean":
+        assert (ours.summary.true_count, ours.summary.false_count) == (theirs[True], theirs[False])
+        assert math.isclose(ours.summary.true_rate, theirs[True] / (theirs[True] + theirs[False]))
+    else:
+        assert {v.value: v.count for v in ours.summary.values} == theirs
+        assert [v.count for v in ours.summary.values] == sorted(theirs.values(), reverse=True)
+    assert ours.summary.count == sum(theirs.values()) == sum(p.count for p in ours.time_series)
+
+
+def test_numeric_assessment_stats_equal_query_trace_metrics(warehouse, mlflow_store, seeded_store: Store):
+    with warehouse.connect() as conn:
+        ours = assessment_metrics(
+            conn, AssessmentQuery(experiment_ids=[seeded_store.experiment_id], assessment_name="relevance")
+        )
+    (point,) = _metrics(
+        mlflow_store, seeded_store, MetricViewType.ASSESSMENTS, "assessment_value",
+        [MetricAggregation(AggregationType.AVG), MetricAggregation(AggregationType.MIN),
+         MetricAggregation(AggregationType.MAX), MetricAggregation(AggregationType.PERCENTILE, 50.0),
+         MetricAggregation(AggregationType.PERCENTILE, 90.0)],
+        filters=["assessment.name = 'relevance'"],
+    )
+    stats = ours.summary
+    assert ours.assessment_type == "numeric" and stats.count > 0
+    for ours_value, key in ((stats.avg, "AVG"), (stats.min, "MIN"), (stats.max, "MAX"), (stats.p50, "P50.0"),
+                            (stats.p90, "P90.0")):
+        assert math.isclose(ours_value, point.values[key]), key
+
+
+def test_unknown_assessment_gives_none(warehouse, seeded_store: Store):
+    with warehouse.connect() as conn:
+        query = AssessmentQuery(experiment_ids=[seeded_store.experiment_id], assessment_name="no such feedback")
+        assert assessment_metrics(conn, query) is None
+
+
+def test_tools_equal_query_trace_metrics_span_counts_and_latency(warehouse, mlflow_store, seeded_store: Store):
+    with warehouse.connect() as conn:
+        tools = tools_discovery(conn, InsightsQuery(experiment_ids=[seeded_store.experiment_id])).data
+        metrics = {
+            t.name: tool_metrics(conn, ToolQuery(experiment_ids=[seeded_store.experiment_id], tool_name=t.name,
+                                                 time_bucket=TimeBucket.week))
+            for t in tools
+        }
+    counts = _metrics(mlflow_store, seeded_store, MetricViewType.SPANS, "span_count",
+                      [MetricAggregation(AggregationType.COUNT)], dimensions=["span_name", "span_status"],
+                      filters=["span.type = 'TOOL'"])
+    calls, errors = Counter(), Counter()
+    for p in counts:
+        calls[p.dimensions["span_name"]] += p.values["COUNT"]
+        errors[p.dimensions["span_name"]] += p.values["COUNT"] if p.dimensions["span_status"] == "ERROR" else 0
+    assert {t.name: (t.calls, t.error_count) for t in tools} == {n: (calls[n], errors[n]) for n in calls}
+    assert len(tools) == 4 and sum(errors.values()) > 0
+    for name, ours in metrics.items():
+        assert (ours.summary.calls, ours.summary.error_count) == (calls[name], errors[name])
+        assert sum(p.calls for p in ours.time_series) == calls[name]
+        (latency,) = _metrics(
+            mlflow_store, seeded_store, MetricViewType.SPANS, "latency",
+            [MetricAggregation(AggregationType.PERCENTILE, p) for p in (50.0, 90.0, 95.0, 99.0)],
+            filters=["span.type = 'TOOL'", f"span.name = '{name}'"],
+        )
+        # MLflow floors span durations to whole milliseconds; ours keep the fraction, so each percentile is
+        # at most one millisecond above MLflow's and never below it.
+        for p in (50, 90, 95, 99):
+            gap = getattr(ours.summary, f"p{p}_latency") - latency.values[f"P{p}.0"]
+            assert 0 <= gap < 1, (name, p, gap)
+
+
+def test_tags_equal_search_traces_counts_including_hostile_values(warehouse, seeded_store: Store):
+    client = MlflowClient(seeded_store.uri)
+    with warehouse.connect() as conn:
+        keys = {t.key: t for t in tags_discovery(conn, InsightsQuery(experiment_ids=[seeded_store.experiment_id])).data}
+        persona = tag_metrics(conn, TagQuery(experiment_ids=[seeded_store.experiment_id], tag_key="persona", limit=2))
+        hostile = {key: tag_metrics(conn, TagQuery(experiment_ids=[seeded_store.experiment_id], tag_key=key))
+                   for key in HOSTILE_TAGS}
+    assert {"persona", "channel", "environment", *HOSTILE_TAGS} <= set(keys)
+    assert not any(key.startswith("mlflow.") for key in keys)
+    assert keys["persona"].trace_count == len(seeded_store.trace_ids) and keys["persona"].distinct_values == 3
+    assert len(persona.summary.values) == 2 and persona.summary.distinct_values == 3
+    for value in persona.summary.values:
+        found = client.search_traces(locations=[seeded_store.experiment_id], max_results=1000, include_spans=False,
+                                     filter_string=f"tags.persona = '{value.value}'")
+        assert value.count == len(found) > 0
+    for key, response in hostile.items():
+        assert [(v.value, v.count) for v in response.summary.values] == [(HOSTILE_TAGS[key], 1)]
+    assert sum(p.trace_count for p in persona.time_series) == persona.summary.trace_count
+    assert all(len(p.values) <= 2 for p in persona.time_series)
