@@ -17,12 +17,11 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
-from sqlalchemy.pool import NullPool
 
 from assets.insights import breakdowns, dimensions, queries
 from assets.insights.npmi import DimensionError
 from assets.insights.queries import TRACES, InsightsQuery
-from resources.warehouse import retry_while_locked
+from resources.warehouse import sqlalchemy_engine
 
 PREFIX = "/api/3.0/mlflow/traces/insights"
 log = logging.getLogger(__name__)
@@ -42,17 +41,6 @@ def not_found(message: str) -> ApiError:
     return ApiError(404, "RESOURCE_NOT_FOUND", message)
 
 
-def read_only_engine(path: str, lock_timeout_s: float = 30.0) -> sa.Engine:
-    """Connections opened per checkout (no pool) that wait while a writer holds the file's lock."""
-    engine = sa.create_engine(f"duckdb:///{path}", connect_args={"read_only": True}, poolclass=NullPool)
-
-    @sa.event.listens_for(engine, "do_connect")
-    def _wait_for_lock(dialect, _record, cargs, cparams):
-        return retry_while_locked(lambda: dialect.connect(*cargs, **cparams), lock_timeout_s)
-
-    return engine
-
-
 def create_app(warehouse_path: str) -> FastAPIOffline:
     app = FastAPIOffline(
         title="llmops-platform insights API",
@@ -61,7 +49,7 @@ def create_app(warehouse_path: str) -> FastAPIOffline:
         "are UTC-aligned and reported by their start.",
         version="1.0",
     )
-    engine = read_only_engine(warehouse_path)
+    engine = sqlalchemy_engine(warehouse_path, read_only=True, lock_timeout_s=30.0)
 
     @contextmanager
     def warehouse(query: InsightsQuery) -> Iterator[sa.Connection]:

@@ -111,9 +111,11 @@ Results
   DuckDB warehouse       {values[settings.LLMOPS_DUCKDB_PATH]}
                          ({counts})
   Dagster instance       {values[settings.DAGSTER_HOME]}
+  Insights report        {Path(values[settings.LLMOPS_REPORTS_DIR]) / "insights.html"}
 
 Next
   Dagster UI   uv run llmops ui                      -> http://127.0.0.1:3000
+  Insights API uv run llmops serve                   -> http://127.0.0.1:8000/docs
   MLflow UI    uv run mlflow ui --backend-store-uri {uri} --port 5000
   Query        uv run python -c "import duckdb; print(duckdb.connect('{values[settings.LLMOPS_DUCKDB_PATH]}', read_only=True).sql('SELECT status, count(*) FROM traces GROUP BY 1'))"
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.insights.assets import insights_report, insights_rollups, root_causes
 from assets.traces.assets import trace_warehouse
 from orchestration.jobs import JOBS
 from resources.mlflow import MlflowResource
@@ -15,7 +16,7 @@ from resources.warehouse import WarehouseResource
 apply_defaults()
 
 defs = dg.Definitions(
-    assets=[trace_warehouse],
+    assets=[trace_warehouse, insights_rollups, root_causes, insights_report],
     jobs=JOBS,
     resources={
         "mlflow": MlflowResource(

@@ -9,8 +9,9 @@ main_job = dg.define_asset_job(
 )
 warehouse_refresh_job = dg.define_asset_job(
     "warehouse_refresh",
-    selection=dg.AssetSelection.groups("traces"),
-    description="Copy new and changed MLflow traces into the DuckDB warehouse.",
+    selection=dg.AssetSelection.groups("traces", "insights"),
+    description="Copy new and changed MLflow traces into the DuckDB warehouse, then refresh the insights "
+    "(rollups, root causes, report).",
 )
 
 JOBS = [main_job, warehouse_refresh_job]

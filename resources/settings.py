@@ -15,6 +15,7 @@ MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
 LLMOPS_DUCKDB_PATH = "LLMOPS_DUCKDB_PATH"
 LLMOPS_TRACE_SOURCE = "LLMOPS_TRACE_SOURCE"
 LLMOPS_DEMO_EXPERIMENT = "LLMOPS_DEMO_EXPERIMENT"
+LLMOPS_REPORTS_DIR = "LLMOPS_REPORTS_DIR"
 DAGSTER_HOME = "DAGSTER_HOME"
 
 DEFAULT_DEMO_EXPERIMENT = "llmops-demo"
@@ -42,9 +43,10 @@ def apply_defaults() -> dict[str, str]:
     os.environ.setdefault(LLMOPS_DUCKDB_PATH, str(home / "warehouse.duckdb"))
     os.environ.setdefault(LLMOPS_TRACE_SOURCE, "auto")
     os.environ.setdefault(LLMOPS_DEMO_EXPERIMENT, DEFAULT_DEMO_EXPERIMENT)
+    os.environ.setdefault(LLMOPS_REPORTS_DIR, str(home / "reports"))
     return {
         name: os.environ[name]
-        for name in (LLMOPS_HOME, MLFLOW_TRACKING_URI, LLMOPS_DUCKDB_PATH, LLMOPS_TRACE_SOURCE)
+        for name in (LLMOPS_HOME, MLFLOW_TRACKING_URI, LLMOPS_DUCKDB_PATH, LLMOPS_TRACE_SOURCE, LLMOPS_REPORTS_DIR)
     }
 
 

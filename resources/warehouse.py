@@ -14,6 +14,8 @@ from typing import TypeVar
 
 import dagster as dg
 import duckdb
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
 
 # Each entry migrates the schema one version up. Append only: users' SQL depends on these names.
 MIGRATIONS: list[str] = [
@@ -140,6 +142,18 @@ def attach(con: duckdb.DuckDBPyConnection, path: str, alias: str, timeout_s: flo
     retry_while_locked(lambda: con.execute(f"ATTACH {quoted} AS {alias}"), timeout_s)
 
 
+def sqlalchemy_engine(path: str, read_only: bool = True, lock_timeout_s: float = 120.0) -> sa.Engine:
+    """A SQLAlchemy engine on the file whose connections are opened per checkout (no pool, so nothing
+    keeps the file locked between uses) and wait while another process holds the lock."""
+    engine = sa.create_engine(f"duckdb:///{path}", connect_args={"read_only": read_only}, poolclass=NullPool)
+
+    @sa.event.listens_for(engine, "do_connect")
+    def _wait_for_lock(dialect, _record, cargs, cparams):
+        return retry_while_locked(lambda: dialect.connect(*cargs, **cparams), lock_timeout_s)
+
+    return engine
+
+
 class WarehouseResource(dg.ConfigurableResource):
     """The DuckDB warehouse file (`LLMOPS_DUCKDB_PATH`, default `$LLMOPS_HOME/warehouse.duckdb`)."""
 
@@ -157,3 +171,7 @@ class WarehouseResource(dg.ConfigurableResource):
             yield con
         finally:
             con.close()
+
+    def engine(self, read_only: bool = True) -> sa.Engine:
+        """For SQLAlchemy Core queries (the insights); connections are short-lived like `connect`'s."""
+        return sqlalchemy_engine(self.path, read_only, self.lock_timeout_s)

@@ -20,13 +20,15 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 LLMOPS = [sys.executable, "-m", "orchestration.cli"]
 
 
-def test_definitions_load_with_every_traces_asset_in_its_group():
+def test_definitions_load_with_every_asset_in_its_group():
     from orchestration.definitions import defs
 
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
-    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == set(CONTRACT_TABLES)
-    assert all(graph.get(key).group_name == "traces" for key in graph.get_all_asset_keys())
+    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert groups == {**dict.fromkeys(CONTRACT_TABLES, "traces"),
+                      **dict.fromkeys(["insights_rollups", "root_causes", "insights_report"], "insights")}
+    assert all(graph.get(key).description for key in graph.get_all_asset_keys())
     assert {job.name for job in defs.jobs} >= {"main", "warehouse_refresh"}
 
 
@@ -151,7 +153,9 @@ def test_dagster_webserver_lists_every_asset(tmp_path: Path):
         query = json.dumps({"query": "{ assetNodes { assetKey { path } groupName } }"}).encode()
         request = urllib.request.Request(f"{url}/graphql", data=query, headers={"Content-Type": "application/json"})
         nodes = json.load(urllib.request.urlopen(request, timeout=60))["data"]["assetNodes"]
-        assert {(n["assetKey"]["path"][0], n["groupName"]) for n in nodes} == {(t, "traces") for t in CONTRACT_TABLES}
+        assert {(n["assetKey"]["path"][0], n["groupName"]) for n in nodes} == {(t, "traces") for t in CONTRACT_TABLES} | {
+            (name, "insights") for name in ("insights_rollups", "root_causes", "insights_report")
+        }
     finally:
         server.terminate()
         server.wait(timeout=60)

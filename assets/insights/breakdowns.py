@@ -89,7 +89,7 @@ class AssessmentMetricsResponse(BaseModel):
     time_series: list[AssessmentPoint]
 
 
-def _feedback_source() -> sa.FromClause:
+def feedback_source() -> sa.FromClause:
     return ASSESSMENTS.join(TRACES, TRACES.c.trace_id == ASSESSMENTS.c.trace_id)
 
 
@@ -107,7 +107,7 @@ def assessments_discovery(conn: sa.Connection, query: InsightsQuery) -> Assessme
         sa.select(
             ASSESSMENTS.c.name, detected_type().label("assessment_type"), sa.func.count().label("count"),
             sa.func.array_agg(sa.distinct(ASSESSMENTS.c.source_type)).label("sources"),
-        ).select_from(_feedback_source()).where(*population_filter(query), VALID_FEEDBACK)
+        ).select_from(feedback_source()).where(*population_filter(query), VALID_FEEDBACK)
         .group_by(ASSESSMENTS.c.name).order_by(ASSESSMENTS.c.name)
     ).mappings().all()
     return AssessmentDiscoveryResponse(data=[AssessmentInfo(**{**row, "sources": sorted(row["sources"])}) for row in rows])
@@ -116,7 +116,7 @@ def assessments_discovery(conn: sa.Connection, query: InsightsQuery) -> Assessme
 def assessment_type(conn: sa.Connection, query: InsightsQuery, name: str) -> AssessmentType | None:
     """The detected type of the feedback `name` in the population, None when it has none."""
     return conn.execute(
-        sa.select(detected_type()).select_from(_feedback_source())
+        sa.select(detected_type()).select_from(feedback_source())
         .where(*population_filter(query), VALID_FEEDBACK, ASSESSMENTS.c.name == name).having(sa.func.count() > 0)
     ).scalar()
 
@@ -125,7 +125,7 @@ def _value_counts(conn: sa.Connection, query: InsightsQuery, where: tuple, by_bu
     bucket = bucket_column(query.time_bucket) if by_bucket else sa.null().label("time_bucket")
     rows = conn.execute(
         sa.select(bucket, TEXT_VALUE.label("value"), sa.func.count().label("count"))
-        .select_from(_feedback_source()).where(*population_filter(query), *where)
+        .select_from(feedback_source()).where(*population_filter(query), *where)
         .group_by(*([bucket] if by_bucket else []), TEXT_VALUE).order_by(sa.desc("count"), TEXT_VALUE)
     ).all()
     counts: dict[int | None, list] = {}
@@ -156,7 +156,7 @@ def assessment_metrics(conn: sa.Connection, query: AssessmentQuery) -> Assessmen
         ]
     else:
         measures = [count]
-    summary, series = summary_and_series(conn, query, measures, source=_feedback_source(), where=where)
+    summary, series = summary_and_series(conn, query, measures, source=feedback_source(), where=where)
     if kind == "string":
         summary["values"] = _value_counts(conn, query, where, by_bucket=False).get(None, [])
         per_bucket = _value_counts(conn, query, where, by_bucket=True)
@@ -198,7 +198,7 @@ class ToolMetricsResponse(BaseModel):
     time_series: list[ToolPoint]
 
 
-def _span_source() -> sa.FromClause:
+def span_source() -> sa.FromClause:
     return SPANS.join(TRACES, TRACES.c.trace_id == SPANS.c.trace_id)
 
 
@@ -207,21 +207,24 @@ def tools_discovery(conn: sa.Connection, query: InsightsQuery) -> ToolDiscoveryR
         sa.select(
             SPANS.c.name, sa.func.count().label("calls"), sa.func.count(sa.distinct(SPANS.c.trace_id)).label("trace_count"),
             sa.func.count().filter(SPANS.c.status == "ERROR").label("error_count"),
-        ).select_from(_span_source()).where(*population_filter(query), TOOL_SPAN)
+        ).select_from(span_source()).where(*population_filter(query), TOOL_SPAN)
         .group_by(SPANS.c.name).order_by(sa.desc("calls"), SPANS.c.name)
     ).mappings().all()
     return ToolDiscoveryResponse(data=[ToolInfo(**row) for row in rows])
 
 
-def tool_metrics(conn: sa.Connection, query: ToolQuery) -> ToolMetricsResponse:
+def tool_measures() -> list[sa.ColumnElement]:
     errors = sa.func.count().filter(SPANS.c.status == "ERROR")
-    measures = [
+    return [
         sa.func.count().label("calls"), errors.label("error_count"),
         (sa.cast(errors, sa.Double) / sa.func.nullif(sa.func.count(), 0)).label("error_rate"),
         *latency_measures(SPANS.c.duration_ms),
     ]
+
+
+def tool_metrics(conn: sa.Connection, query: ToolQuery) -> ToolMetricsResponse:
     summary, series = summary_and_series(
-        conn, query, measures, source=_span_source(), where=(TOOL_SPAN, SPANS.c.name == query.tool_name)
+        conn, query, tool_measures(), source=span_source(), where=(TOOL_SPAN, SPANS.c.name == query.tool_name)
     )
     return ToolMetricsResponse(
         tool_name=query.tool_name, summary=ToolStats(**summary), time_series=[ToolPoint(**p) for p in series]
@@ -259,7 +262,7 @@ class TagMetricsResponse(BaseModel):
     time_series: list[TagPoint]
 
 
-def _tag_source() -> sa.FromClause:
+def tag_source() -> sa.FromClause:
     return TAGS.join(TRACES, TRACES.c.trace_id == TAGS.c.trace_id)
 
 
@@ -267,7 +270,7 @@ def tags_discovery(conn: sa.Connection, query: InsightsQuery) -> TagDiscoveryRes
     rows = conn.execute(
         sa.select(
             TAGS.c.key, sa.func.count().label("trace_count"), sa.func.count(sa.distinct(TAGS.c.value)).label("distinct_values"),
-        ).select_from(_tag_source()).where(*population_filter(query), USER_TAG)
+        ).select_from(tag_source()).where(*population_filter(query), USER_TAG)
         .group_by(TAGS.c.key).order_by(sa.desc("trace_count"), TAGS.c.key)
     ).mappings().all()
     return TagDiscoveryResponse(data=[TagInfo(**row) for row in rows])
@@ -280,7 +283,7 @@ def tag_metrics(conn: sa.Connection, query: TagQuery) -> TagMetricsResponse:
         n = sa.func.count()
         rank = sa.func.row_number().over(partition_by=group or None, order_by=(n.desc(), TAGS.c.value)).label("rank")
         counts = (
-            sa.select(*group, TAGS.c.value, n.label("count"), rank).select_from(_tag_source())
+            sa.select(*group, TAGS.c.value, n.label("count"), rank).select_from(tag_source())
             .where(*population_filter(query), TAGS.c.key == query.tag_key).group_by(*group, TAGS.c.value).subquery()
         )
         order = [counts.c.time_bucket] if group else []
@@ -291,7 +294,7 @@ def tag_metrics(conn: sa.Connection, query: TagQuery) -> TagMetricsResponse:
     summary, series = summary_and_series(
         conn, query,
         [sa.func.count().label("trace_count"), sa.func.count(sa.distinct(TAGS.c.value)).label("distinct_values")],
-        source=_tag_source(), where=(TAGS.c.key == query.tag_key,),
+        source=tag_source(), where=(TAGS.c.key == query.tag_key,),
     )
     per_bucket: dict[int, list[ValueCount]] = {}
     for row in ranked(bucket_column(query.time_bucket)):

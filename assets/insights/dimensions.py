@@ -14,7 +14,17 @@ from typing import Literal
 import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
-from assets.insights.breakdowns import TEXT_VALUE, TOOL_SPAN, USER_TAG, assessments_discovery, tags_discovery, tools_discovery
+from assets.insights.breakdowns import (
+    TEXT_VALUE,
+    TOOL_SPAN,
+    USER_TAG,
+    assessments_discovery,
+    feedback_source,
+    span_source,
+    tag_source,
+    tags_discovery,
+    tools_discovery,
+)
 from assets.insights.npmi import (
     OPERATORS,
     Counts,
@@ -70,7 +80,7 @@ def _distinct(conn: sa.Connection, column: sa.ColumnElement, source: sa.FromClau
 
 
 def dimensions_discovery(conn: sa.Connection, query: InsightsQuery) -> DimensionsDiscoveryResponse:
-    spans = SPANS.join(TRACES, TRACES.c.trace_id == SPANS.c.trace_id)
+    spans = span_source()
     data = [
         DimensionInfo(name="status", display_name="Trace status", description="Traces with this status.",
                       parameters=_value_parameter(_distinct(conn, TRACES.c.status, TRACES, query), "Trace status")),
@@ -85,7 +95,7 @@ def dimensions_discovery(conn: sa.Connection, query: InsightsQuery) -> Dimension
             description=f"Traces that called tool {tool.name!r} (used), had a call fail (error) or none fail (success).",
             parameters=_value_parameter(TOOL_STATES, "used, error or success"),
         ))
-    tags = sa.join(TAGS, TRACES, TRACES.c.trace_id == TAGS.c.trace_id)
+    tags = tag_source()
     for tag in tags_discovery(conn, query).data:
         values = (
             _distinct(conn, TAGS.c.value, tags, query, TAGS.c.key == tag.key) if tag.distinct_values <= ENUM_LIMIT else None
@@ -94,7 +104,7 @@ def dimensions_discovery(conn: sa.Connection, query: InsightsQuery) -> Dimension
             name=f"tags.{tag.key}", display_name=f"Tag {tag.key}", description=f"Traces whose tag {tag.key!r} has this value.",
             parameters=_value_parameter(values, "Tag value"),
         ))
-    feedback = sa.join(ASSESSMENTS, TRACES, TRACES.c.trace_id == ASSESSMENTS.c.trace_id)
+    feedback = feedback_source()
     for info in assessments_discovery(conn, query).data:
         name = f"assessment.{info.name}"
         description = f"Traces with {info.assessment_type} feedback {info.name!r}"
@@ -205,8 +215,8 @@ def _candidates(conn: sa.Connection, query: InsightsQuery) -> tuple[sa.Select, d
     Each row is one trace having one dimension value (deduplicated), over the population.
     """
     population = population_filter(query)
-    spans = SPANS.join(TRACES, TRACES.c.trace_id == SPANS.c.trace_id)
-    feedback = ASSESSMENTS.join(TRACES, TRACES.c.trace_id == ASSESSMENTS.c.trace_id)
+    spans = span_source()
+    feedback = feedback_source()
 
     def rows(name: sa.ColumnElement, value: sa.ColumnElement, source: sa.FromClause, *where) -> sa.Select:
         return (
@@ -223,7 +233,7 @@ def _candidates(conn: sa.Connection, query: InsightsQuery) -> tuple[sa.Select, d
         rows(tool, sa.literal("error"), spans, TOOL_SPAN, SPANS.c.status == "ERROR"),
         sa.select(TRACES.c.trace_id, tool, sa.literal("success")).select_from(spans).where(*population, TOOL_SPAN)
         .group_by(TRACES.c.trace_id, SPANS.c.name).having(failed_calls == 0),
-        rows(sa.literal("tags.") + TAGS.c.key, TAGS.c.value, TAGS.join(TRACES, TRACES.c.trace_id == TAGS.c.trace_id),
+        rows(sa.literal("tags.") + TAGS.c.key, TAGS.c.value, tag_source(),
              USER_TAG, TAGS.c.value.is_not(None)),
     ]
     kinds = {info.name: info.assessment_type for info in assessments_discovery(conn, query).data}
@@ -261,32 +271,53 @@ def _candidates(conn: sa.Connection, query: InsightsQuery) -> tuple[sa.Select, d
     return sa.union_all(*parts), dimension
 
 
+def rank_against(
+    conn: sa.Connection, query: InsightsQuery, targets: list[Dimension], min_support: int = 1
+) -> list[CorrelationsResponse]:
+    """For each target, every candidate dimension value with NPMI (highest first): one pass for all targets."""
+    population = population_filter(query)
+    members = sa.union_all(*(
+        sa.select(TRACES.c.trace_id, sa.literal(index).label("target"))
+        .where(*population, TRACES.c.trace_id.in_(trace_ids(target)))
+        for index, target in enumerate(targets)
+    )).cte("members")
+    total = conn.execute(sa.select(sa.func.count()).where(*population)).scalar()
+    target_counts = dict(conn.execute(sa.select(members.c.target, sa.func.count()).group_by(members.c.target)).all())
+    candidate_rows, dimension = _candidates(conn, query)
+    facts = candidate_rows.cte("facts")
+    counts = {
+        (name, value): n
+        for name, value, n in conn.execute(
+            sa.select(facts.c.name, facts.c.value, sa.func.count()).group_by(facts.c.name, facts.c.value)
+        )
+    }
+    joints = conn.execute(
+        sa.select(members.c.target, facts.c.name, facts.c.value, sa.func.count())
+        .select_from(facts.join(members, members.c.trace_id == facts.c.trace_id))
+        .group_by(members.c.target, facts.c.name, facts.c.value).having(sa.func.count() >= min_support)
+    ).all()
+    ranked: list[list[CorrelatedDimension]] = [[] for _ in targets]
+    for index, name, value, joint in joints:
+        if name == targets[index].name:
+            continue  # a dimension against its own other values says nothing
+        n = counts[(name, value)]
+        raw, smoothed = npmi(Counts(total, target_counts.get(index, 0), n, joint))
+        ranked[index].append(CorrelatedDimension(dimension=dimension(name, value), value=value, count=n,
+                                                 intersection_count=joint, correlation=correlation(raw, smoothed)))
+    for found in ranked:
+        found.sort(key=lambda c: (-c.correlation.npmi_score, -c.intersection_count, c.dimension.name, c.value))
+    return [
+        CorrelationsResponse(
+            dimension=DimensionCount(name=target.name, value=describe(target), count=target_counts.get(index, 0)),
+            total_count=total, data=ranked[index],
+        )
+        for index, target in enumerate(targets)
+    ]
+
+
 def correlations(conn: sa.Connection, request: CorrelationsRequest) -> CorrelationsResponse:
     """Every discovered dimension value ranked by NPMI with the target dimension (highest first)."""
-    population = population_filter(request)
-    target_ids = trace_ids(request.dimension).subquery()
-    target = sa.select(TRACES.c.trace_id).where(*population, TRACES.c.trace_id.in_(sa.select(target_ids.c[0])))
-    total, target_count = conn.execute(
-        sa.select(sa.func.count(), sa.func.count().filter(TRACES.c.trace_id.in_(target))).where(*population)
-    ).one()
-    candidates, dimension = _candidates(conn, request)
-    facts = candidates.subquery("facts")
-    hits = target.subquery("target")
-    rows = conn.execute(
-        sa.select(facts.c.name, facts.c.value, sa.func.count().label("n"), sa.func.count(hits.c.trace_id).label("joint"))
-        .select_from(facts.outerjoin(hits, hits.c.trace_id == facts.c.trace_id))
-        .where(facts.c.name != request.dimension.name)
-        .group_by(facts.c.name, facts.c.value)
-        .having(sa.func.count(hits.c.trace_id) >= request.min_support)
-    ).all()
-    ranked = []
-    for name, value, n, joint in rows:
-        raw, smoothed = npmi(Counts(total, target_count, n, joint))
-        ranked.append(CorrelatedDimension(dimension=dimension(name, value), value=value, count=n,
-                                          intersection_count=joint, correlation=correlation(raw, smoothed)))
-    ranked.sort(key=lambda c: (-(c.correlation.npmi_score if c.correlation.npmi_score is not None else -2),
-                               -c.intersection_count, c.dimension.name, c.value))
-    return CorrelationsResponse(
-        dimension=DimensionCount(name=request.dimension.name, value=describe(request.dimension), count=target_count),
-        total_count=total, data=ranked[: request.limit] if request.limit else ranked,
-    )
+    (response,) = rank_against(conn, request, [request.dimension], request.min_support)
+    if request.limit:
+        response.data = response.data[: request.limit]
+    return response

@@ -151,13 +151,23 @@ def summary_and_series(
     return dict(summary), [dict(row) for row in rows]
 
 
-def traffic_volume(conn: sa.Connection, query: InsightsQuery) -> VolumeResponse:
-    measures = [
+def volume_measures() -> list[sa.ColumnElement]:
+    return [
         sa.func.count().label("count"),
         sa.func.count().filter(TRACES.c.status == "OK").label("ok_count"),
         sa.func.count().filter(TRACES.c.status == "ERROR").label("error_count"),
     ]
-    summary, series = summary_and_series(conn, query, measures)
+
+
+def token_measures() -> list[sa.ColumnElement]:
+    return [
+        sa.func.coalesce(sa.func.sum(TRACES.c[column]), 0).label(column)
+        for column in ("input_tokens", "output_tokens", "total_tokens", "total_cost")
+    ]
+
+
+def traffic_volume(conn: sa.Connection, query: InsightsQuery) -> VolumeResponse:
+    summary, series = summary_and_series(conn, query, volume_measures())
     return VolumeResponse(summary=VolumeStats(**summary), time_series=[VolumePoint(**row) for row in series])
 
 
@@ -186,9 +196,5 @@ def traffic_errors(conn: sa.Connection, query: InsightsQuery) -> ErrorResponse:
 
 
 def traffic_tokens(conn: sa.Connection, query: InsightsQuery) -> TokenResponse:
-    measures = [
-        sa.func.coalesce(sa.func.sum(TRACES.c[column]), 0).label(column)
-        for column in ("input_tokens", "output_tokens", "total_tokens", "total_cost")
-    ]
-    summary, series = summary_and_series(conn, query, measures)
+    summary, series = summary_and_series(conn, query, token_measures())
     return TokenResponse(summary=TokenStats(**summary), time_series=[TokenPoint(**row) for row in series])

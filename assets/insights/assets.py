@@ -1,0 +1,88 @@
+"""Group `insights`: rollup tables, root causes and the HTML report, refreshed after each warehouse extract."""
+
+import os
+from pathlib import Path
+
+import dagster as dg
+import sqlalchemy as sa
+from pydantic import Field
+
+from assets.insights.report import render_report
+from assets.insights.rollups import OutcomeRules, write_rollups, write_root_causes
+from assets.traces.quality import markdown_table
+from resources import settings
+from resources.warehouse import WarehouseResource
+
+WAREHOUSE_TABLES = [dg.AssetKey(table) for table in ("traces", "spans", "trace_tags", "assessments")]
+COMMON = dict(group_name="insights", owners=["team:llmops-platform"], automation_condition=dg.AutomationCondition.eager())
+
+
+class RootCauseConfig(dg.Config):
+    min_support: int = Field(default=5, ge=1, description="Least traces with both the outcome and the dimension.")
+    numeric_threshold: float = Field(default=0.5, description="Numeric feedback below this is a bad outcome.")
+    thresholds: dict[str, float] = Field(default={}, description="Per-feedback thresholds, e.g. {'relevance': 0.6}.")
+
+
+class ReportConfig(dg.Config):
+    reports_dir: str | None = Field(default=None, description="Folder of insights.html; default $LLMOPS_REPORTS_DIR.")
+
+
+@dg.asset(
+    **COMMON, deps=WAREHOUSE_TABLES, pool="duckdb_write", kinds={"duckdb"},
+    description="Hourly and daily rollups per experiment (insights_{traffic,tools,tags,assessments}_{hourly,daily}): "
+    "volume, latency percentiles, tokens and cost; tool calls, errors and latency; tag values; feedback counts and stats.",
+)
+def insights_rollups(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    with warehouse.engine(read_only=False).begin() as conn:
+        rows = write_rollups(conn)
+        daily = conn.execute(sa.text(
+            "SELECT experiment_id, epoch_ms(time_bucket)::DATE AS day, count, error_count, round(p95_latency) AS p95_ms, "
+            "total_tokens, round(total_cost, 4) AS cost_usd FROM insights_traffic_daily ORDER BY time_bucket DESC LIMIT 14"
+        )).all()
+    context.log.info(f"Rollups rebuilt: {rows}")
+    return dg.MaterializeResult(metadata={
+        **{f"rows_{table}": dg.MetadataValue.int(n) for table, n in rows.items()},
+        "latest_days": dg.MetadataValue.md(markdown_table(
+            ["experiment", "day", "traces", "errors", "p95 ms", "tokens", "cost USD"], daily)),
+    })
+
+
+@dg.asset(
+    **COMMON, deps=WAREHOUSE_TABLES, pool="duckdb_write", kinds={"duckdb"},
+    description="What goes with bad outcomes: for ERROR traces, each negative boolean feedback and each numeric "
+    "feedback below its threshold, every discovered dimension ranked by NPMI with support counts (table root_causes).",
+)
+def root_causes(context: dg.AssetExecutionContext, config: RootCauseConfig,
+                warehouse: WarehouseResource) -> dg.MaterializeResult:
+    rules = OutcomeRules(config.min_support, config.numeric_threshold, dict(config.thresholds))
+    with warehouse.engine(read_only=False).begin() as conn:
+        rows = write_root_causes(conn, rules)
+    top = [r for r in rows if r["rank"] <= 3]
+    context.log.info(f"{len(rows)} root-cause rows for {len({(r['experiment_id'], r['outcome']) for r in rows})} outcomes")
+    return dg.MaterializeResult(metadata={
+        "rows": dg.MetadataValue.int(len(rows)),
+        "outcomes": dg.MetadataValue.int(len({(r["experiment_id"], r["outcome"], r["outcome_value"]) for r in rows})),
+        "top_root_causes": dg.MetadataValue.md(markdown_table(
+            ["experiment", "outcome", "goes with", "NPMI", "strength", "together / with it"],
+            [(r["experiment_id"], f"{r['outcome']} {r['outcome_value']} ({r['outcome_count']})",
+              f"{r['dimension']} = {r['value']}", f"{r['npmi']:.3f}", f"{r['strength']} {r['direction']}",
+              f"{r['intersection_count']} / {r['count']}") for r in top],
+        )),
+    })
+
+
+@dg.asset(
+    **COMMON, deps=[insights_rollups, root_causes], kinds={"html", "plotly"},
+    description="An HTML report of charts: volume, latency and error rate over time, tools with error rates, "
+    "feedback trend, and a root-cause heatmap. Its path is in the materialization's metadata.",
+)
+def insights_report(config: ReportConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    with warehouse.engine(read_only=True).connect() as conn:
+        folder = config.reports_dir or os.environ[settings.LLMOPS_REPORTS_DIR]
+        report = render_report(conn, Path(folder).resolve() / "insights.html")
+    return dg.MaterializeResult(metadata={
+        "report": dg.MetadataValue.url(report.path.as_uri()),
+        "path": dg.MetadataValue.path(str(report.path)),
+        "charts": dg.MetadataValue.int(report.charts),
+        "experiments": dg.MetadataValue.json(report.experiments),
+    })

@@ -1,0 +1,145 @@
+"""Tables the insights assets write into the warehouse: hourly and daily rollups, and `root_causes` (no Dagster).
+
+Rollups hold, per experiment and UTC bucket, what the insights API computes on the fly, so dashboards and SQL
+users read small tables. `root_causes` answers "what goes with bad outcomes": for each outcome (status ERROR,
+each boolean feedback = false, each numeric feedback below its threshold) every discovered dimension value
+ranked by NPMI, with support counts. Both are rebuilt whole in one transaction at each materialization.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from assets.insights.breakdowns import TEXT_VALUE, TOOL_SPAN, USER_TAG, feedback_source, span_source, tag_source, tool_measures
+from assets.insights.dimensions import CorrelationsResponse, assessments_discovery, rank_against
+from assets.insights.npmi import Dimension
+from assets.insights.queries import (
+    ASSESSMENTS,
+    SPANS,
+    TAGS,
+    TRACES,
+    VALID_FEEDBACK,
+    InsightsQuery,
+    TimeBucket,
+    bucket_column,
+    latency_measures,
+    token_measures,
+    volume_measures,
+)
+
+GRAINS = {TimeBucket.hour: "hourly", TimeBucket.day: "daily"}
+
+
+def rollup_queries() -> dict[str, sa.Select]:
+    """Table name → the query that fills it."""
+    experiment = TRACES.c.experiment_id
+    categorical = sa.case(
+        (ASSESSMENTS.c.value_type == "numeric", sa.null()),
+        (ASSESSMENTS.c.value_type == "boolean", sa.cast(ASSESSMENTS.c.bool_value, sa.String)),
+        else_=TEXT_VALUE,
+    )
+    value = ASSESSMENTS.c.numeric_value
+    tables = {}
+    for grain, suffix in GRAINS.items():
+        bucket = bucket_column(grain)
+        tables[f"insights_traffic_{suffix}"] = sa.select(
+            experiment, bucket, *volume_measures(), *latency_measures(TRACES.c.execution_time_ms), *token_measures()
+        ).group_by(experiment, bucket)
+        tables[f"insights_tools_{suffix}"] = (
+            sa.select(experiment, bucket, SPANS.c.name.label("tool_name"), *tool_measures()).select_from(span_source())
+            .where(TOOL_SPAN).group_by(experiment, bucket, SPANS.c.name)
+        )
+        tables[f"insights_tags_{suffix}"] = (
+            sa.select(experiment, bucket, TAGS.c.key, TAGS.c.value, sa.func.count().label("trace_count"))
+            .select_from(tag_source()).where(USER_TAG).group_by(experiment, bucket, TAGS.c.key, TAGS.c.value)
+        )
+        tables[f"insights_assessments_{suffix}"] = (
+            sa.select(
+                experiment, bucket, ASSESSMENTS.c.name, categorical.label("value"), sa.func.count().label("count"),
+                sa.func.avg(value).label("avg"), sa.func.min(value).label("min"), sa.func.max(value).label("max"),
+                sa.func.percentile_cont(0.5).within_group(value).label("p50"),
+                sa.func.percentile_cont(0.9).within_group(value).label("p90"),
+            ).select_from(feedback_source()).where(VALID_FEEDBACK)
+            .group_by(experiment, bucket, ASSESSMENTS.c.name, categorical)
+        )
+    return tables
+
+
+def write_rollups(conn: sa.Connection) -> dict[str, int]:
+    """Rebuild every rollup table (inside the caller's transaction); rows per table."""
+    rows = {}
+    for table, query in rollup_queries().items():
+        # Our own queries with no user input in them: their few constants are inlined for CREATE TABLE AS.
+        sql = query.compile(conn, compile_kwargs={"literal_binds": True})
+        conn.exec_driver_sql(f"CREATE OR REPLACE TABLE {table} AS {sql}")
+        rows[table] = conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar()
+    return rows
+
+
+@dataclass
+class OutcomeRules:
+    min_support: int = 5
+    numeric_threshold: float = 0.5
+    thresholds: dict[str, float] = field(default_factory=dict)  # per numeric feedback name
+
+
+def outcomes(conn: sa.Connection, query: InsightsQuery, rules: OutcomeRules) -> list[Dimension]:
+    """The bad outcomes found in the data: ERROR traces, negative boolean feedback, low numeric feedback."""
+    found = [Dimension(name="status", parameters={"value": "ERROR"})]
+    for info in assessments_discovery(conn, query).data:
+        if info.assessment_type == "boolean":
+            found.append(Dimension(name=f"assessment.{info.name}", parameters={"value": False}))
+        elif info.assessment_type == "numeric":
+            limit = rules.thresholds.get(info.name, rules.numeric_threshold)
+            found.append(Dimension(name=f"assessment.{info.name}", parameters={"threshold": limit, "operator": "<"}))
+    return found
+
+
+ROOT_CAUSES = sa.table(
+    "root_causes", *(sa.column(name) for name in (
+        "experiment_id", "outcome", "outcome_value", "outcome_count", "total_count", "rank", "dimension", "value",
+        "parameters", "count", "intersection_count", "npmi", "npmi_smoothed", "strength", "direction",
+    ))
+)
+ROOT_CAUSES_DDL = """
+CREATE OR REPLACE TABLE root_causes (
+    experiment_id VARCHAR NOT NULL, outcome VARCHAR NOT NULL, outcome_value VARCHAR NOT NULL,
+    outcome_count BIGINT NOT NULL, total_count BIGINT NOT NULL, rank INTEGER NOT NULL,
+    dimension VARCHAR NOT NULL, value VARCHAR NOT NULL, parameters VARCHAR NOT NULL,
+    count BIGINT NOT NULL, intersection_count BIGINT NOT NULL, npmi DOUBLE NOT NULL, npmi_smoothed DOUBLE,
+    strength VARCHAR NOT NULL, direction VARCHAR NOT NULL
+)
+"""
+
+
+def root_cause_rows(experiment_id: str, ranked: CorrelationsResponse) -> list[dict]:
+    return [
+        {
+            "experiment_id": experiment_id, "outcome": ranked.dimension.name, "outcome_value": ranked.dimension.value,
+            "outcome_count": ranked.dimension.count, "total_count": ranked.total_count, "rank": rank,
+            "dimension": found.dimension.name, "value": found.value,
+            "parameters": json.dumps(found.dimension.parameters, sort_keys=True), "count": found.count,
+            "intersection_count": found.intersection_count, "npmi": found.correlation.npmi_score,
+            "npmi_smoothed": found.correlation.npmi_smoothed, "strength": found.correlation.strength,
+            "direction": found.correlation.direction,
+        }
+        for rank, found in enumerate(ranked.data, start=1)
+    ]
+
+
+def write_root_causes(conn: sa.Connection, rules: OutcomeRules) -> list[dict]:
+    """Rank every dimension against every outcome, per experiment; rebuild `root_causes` (caller's transaction)."""
+    rows: list[dict] = []
+    experiments = conn.execute(sa.select(TRACES.c.experiment_id).distinct().order_by(TRACES.c.experiment_id)).scalars()
+    for experiment_id in list(experiments):
+        query = InsightsQuery(experiment_ids=[experiment_id])
+        targets = outcomes(conn, query, rules)
+        for ranked in rank_against(conn, query, targets, rules.min_support):
+            rows.extend(root_cause_rows(experiment_id, ranked))
+    conn.exec_driver_sql(ROOT_CAUSES_DDL)
+    if rows:
+        conn.execute(ROOT_CAUSES.insert(), rows)
+    return rows

@@ -1,0 +1,113 @@
+"""The `insights` assets on a real Dagster instance: rollups equal the live queries, root causes equal pairwise
+NPMI, and the HTML report draws its charts in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from assets.insights.assets import insights_report, insights_rollups, root_causes
+from assets.insights.breakdowns import tools_discovery
+from assets.insights.npmi import Dimension, calculate_npmi
+from assets.insights.queries import InsightsQuery, TimeBucket, traffic_latency, traffic_volume
+from assets.traces.assets import trace_warehouse
+from resources.mlflow import MlflowResource
+from resources.warehouse import WarehouseResource, sqlalchemy_engine
+from tests.conftest import Store
+
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.fixture(scope="module")
+def materialized(seeded_store: Store, tmp_path_factory) -> tuple[str, Path, dg.ExecuteInProcessResult]:
+    folder = tmp_path_factory.mktemp("insights_assets")
+    path = str(folder / "warehouse.duckdb")
+    resources = {"mlflow": MlflowResource(tracking_uri=seeded_store.uri), "warehouse": WarehouseResource(path=path)}
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [trace_warehouse, insights_rollups, root_causes, insights_report], resources=resources, instance=instance,
+            run_config={"ops": {"root_causes": {"config": {"min_support": 2}},
+                                "insights_report": {"config": {"reports_dir": str(folder / "reports")}}}},
+        )
+    assert result.success
+    return path, folder / "reports" / "insights.html", result
+
+
+def test_rollups_equal_the_live_queries(materialized, seeded_store: Store):
+    path, _, result = materialized
+    query = InsightsQuery(experiment_ids=[seeded_store.experiment_id], time_bucket=TimeBucket.hour)
+    with sqlalchemy_engine(path).connect() as conn:
+        volume, latency = traffic_volume(conn, query), traffic_latency(conn, query)
+        hourly = conn.execute(sa.text(
+            "SELECT time_bucket, count, ok_count, error_count, p95_latency FROM insights_traffic_hourly "
+            "WHERE experiment_id = :e ORDER BY time_bucket"), {"e": seeded_store.experiment_id}).all()
+        tools = {t.name: (t.calls, t.error_count) for t in tools_discovery(conn, query).data}
+        tool_rollup = dict(((name, (calls, errors)) for name, calls, errors in conn.execute(sa.text(
+            "SELECT tool_name, sum(calls), sum(error_count) FROM insights_tools_daily GROUP BY tool_name"))))
+        thumbs = dict(conn.execute(sa.text(
+            "SELECT value, sum(count) FROM insights_assessments_daily WHERE name = 'user_thumbs' GROUP BY value")).all())
+        relevance = conn.execute(sa.text(
+            "SELECT sum(count), min(min), max(max) FROM insights_assessments_daily WHERE name = 'relevance'")).one()
+    assert [(p.time_bucket, p.count, p.ok_count, p.error_count) for p in volume.time_series] == [r[:4] for r in hourly]
+    assert [p.p95_latency for p in latency.time_series] == pytest.approx([r[4] for r in hourly])
+    assert tool_rollup == tools and sum(calls for calls, _ in tools.values()) > 0
+    assert set(thumbs) == {"true", "false"} and relevance[0] > 0 and 0 <= relevance[1] <= relevance[2] <= 1
+    metadata = result.asset_materializations_for_node("insights_rollups")[0].metadata
+    assert metadata["rows_insights_traffic_hourly"].value == len(hourly)
+    assert "| experiment | day | traces |" in metadata["latest_days"].value
+
+
+def test_root_causes_equal_pairwise_npmi_above_the_support(materialized, seeded_store: Store):
+    path, _, result = materialized
+    with sqlalchemy_engine(path).connect() as conn:
+        rows = conn.execute(sa.text("SELECT * FROM root_causes ORDER BY outcome, outcome_value, rank")).mappings().all()
+        outcomes = {(r["outcome"], r["outcome_value"]) for r in rows}
+        assert outcomes >= {("status", "ERROR"), ("assessment.user_thumbs", "false")}
+        assert all(r["intersection_count"] >= 2 for r in rows)
+        query = InsightsQuery(experiment_ids=[seeded_store.experiment_id])
+        for row in rows:
+            outcome = {"ERROR": {"value": "ERROR"}, "false": {"value": False}}.get(
+                row["outcome_value"], {"threshold": 0.5, "operator": "<"})
+            pair = calculate_npmi(conn, query, Dimension(name=row["outcome"], parameters=outcome),
+                                  Dimension(name=row["dimension"], parameters=json.loads(row["parameters"])))
+            assert (pair.dimension1_count, pair.dimension2_count, pair.joint_count, pair.total_count) == (
+                row["outcome_count"], row["count"], row["intersection_count"], row["total_count"])
+            assert pair.npmi == pytest.approx(row["npmi"], abs=1e-12)
+    for outcome in outcomes:
+        ranks = [r["npmi"] for r in rows if (r["outcome"], r["outcome_value"]) == outcome]
+        assert ranks == sorted(ranks, reverse=True)
+    assert "| experiment | outcome | goes with |" in result.asset_materializations_for_node("root_causes")[0].metadata[
+        "top_root_causes"].value
+
+
+def test_report_draws_its_charts_in_headless_chromium(materialized, tmp_path: Path):
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.skip("Debian's chromium is not installed: apt-get install chromium")
+    _, report, result = materialized
+    metadata = result.asset_materializations_for_node("insights_report")[0].metadata
+    assert metadata["report"].value == report.as_uri() and report.exists()
+    charts = metadata["charts"].value
+    assert charts == 6  # volume, latency, error rate, tools, feedback trend, root-cause heatmap
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom", report.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout
+    # Plotly replaces each chart's empty div with a drawn plot: an SVG with axes and traces inside.
+    assert dom.count('class="plot-container plotly"') == charts, dom[:500]
+    assert dom.count('class="main-svg"') >= charts
+    bars = re.findall(r'<g class="point"><path d="M[^"]+"', dom)
+    assert len(bars) > 10  # volume bars (OK and ERROR per day) and tool bars have real geometry
+    assert dom.count('class="hm"') == 1 or "heatmaplayer" in dom  # the root-cause heatmap layer
+    assert "Top root causes" in dom and "status ERROR" in dom
