@@ -175,3 +175,37 @@ def calculate_npmi(conn: sa.Connection, query: InsightsQuery, first: Dimension, 
         total_count=counts.total, dimension1_count=counts.first, dimension2_count=counts.second,
         joint_count=counts.joint, npmi=raw, npmi_smoothed=smoothed,
     )
+
+
+def _mlflow_literal(value: Any) -> str | None:
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    if "'" not in text:
+        return f"'{text}'"
+    return f'"{text}"' if '"' not in text else None
+
+
+def mlflow_filter_string(dimension: Dimension) -> str | None:
+    """The MLflow `search_traces` filter for the same traces, where MLflow's syntax has one (to open them in
+    the MLflow UI). None for a tool's error/success states and for values holding both kinds of quote.
+    `tools.<name>` becomes `span.name = '<name>'`: the same traces while only tool spans carry that name."""
+    prefix, _, rest = dimension.name.partition(".")
+    if "threshold" in dimension.parameters:
+        column = {"latency": "trace.execution_time_ms"}.get(dimension.name)
+        if prefix == "assessment":
+            column = f"feedback.`{rest}`"
+        op = dimension.parameters.get("operator", ">")
+        return f"{column} {op} {threshold(dimension)!r}" if column and op in OPERATORS else None
+    value = _mlflow_literal(dimension.parameters.get("value", "used" if prefix == "tools" else ""))
+    if value is None:
+        return None
+    if dimension.name == "status":
+        return f"attributes.status = {value}"
+    if dimension.name == "span.type":
+        return f"span.type = {value}"
+    if prefix == "tags":
+        return f"tags.`{rest}` = {value}"
+    if prefix == "assessment":
+        return f"feedback.`{rest}` = {value}"
+    if prefix == "tools" and value == "'used'" and _mlflow_literal(rest):
+        return f"span.name = {_mlflow_literal(rest)}"
+    return None

@@ -137,18 +137,22 @@ def summary_and_series(
     conn: sa.Connection, query: InsightsQuery, measures: list[sa.ColumnElement], *,
     source: sa.FromClause = TRACES, where: tuple[sa.ColumnElement[bool], ...] = (),
 ) -> tuple[dict, list[dict]]:
-    """Rows of `measures` over the whole range, and per time bucket (oldest first).
+    """Rows of `measures` over the whole range, and per time bucket (oldest first), in one scan.
 
     `source` is TRACES or a join with it: the population and the buckets are always the trace's.
     """
-
-    def select(*columns: sa.ColumnElement) -> sa.Select:
-        return sa.select(*columns).select_from(source).where(*population_filter(query), *where)
-
-    summary = conn.execute(select(*measures)).mappings().one()
     bucket = bucket_column(query.time_bucket)
-    rows = conn.execute(select(bucket, *measures).group_by(bucket).order_by(bucket)).mappings().all()
-    return dict(summary), [dict(row) for row in rows]
+    is_summary = sa.func.grouping(bucket).label("is_summary")
+    rows = conn.execute(
+        sa.select(is_summary, bucket, *measures).select_from(source).where(*population_filter(query), *where)
+        .group_by(sa.func.grouping_sets(sa.tuple_(bucket), sa.tuple_()))
+        .order_by(is_summary.desc(), bucket)
+    ).mappings().all()
+    summary, *series = (dict(row) for row in rows)  # the grand total comes first, even over no rows
+    for row in (summary, *series):
+        del row["is_summary"]
+    del summary["time_bucket"]
+    return summary, series
 
 
 def volume_measures() -> list[sa.ColumnElement]:
