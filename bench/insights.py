@@ -106,9 +106,9 @@ def endpoint_latencies(warehouse: Path, experiment_id: str, repeats: int) -> dic
         server.wait(timeout=30)
 
 
-def timed(action):
+def timed(action, *args, **kwargs):
     started = time.perf_counter()
-    value = action()
+    value = action(*args, **kwargs)
     return value, time.perf_counter() - started
 
 
@@ -155,12 +155,13 @@ def correlations_vs_mlflow(conn, store, experiment_id: str, max_pairs: int) -> d
     results = {}
     for label, (target, target_filter) in TARGETS.items():
         request = CorrelationsRequest(experiment_ids=[experiment_id], dimension=target, limit=None, min_support=1)
-        ranked, ours_s = timed(lambda: correlations(conn, request))
+        ranked, ours_s = timed(correlations, conn, request)
         comparable = [(c, mlflow_filter_string(c.dimension)) for c in ranked.data if mlflow_filter_string(c.dimension)]
         checked, mlflow_s = 0, 0.0
         for candidate, candidate_filter in comparable[:max_pairs]:
-            theirs, seconds = timed(lambda: store.calculate_trace_filter_correlation(
-                [experiment_id], target_filter, candidate_filter))
+            theirs, seconds = timed(
+                store.calculate_trace_filter_correlation, [experiment_id], target_filter, candidate_filter
+            )
             mlflow_s += seconds
             assert (theirs.filter2_count, theirs.joint_count) == (candidate.count, candidate.intersection_count), label
             assert abs(theirs.npmi - candidate.correlation.npmi_score) < 1e-9, label
