@@ -276,39 +276,36 @@ def rank_against(
 ) -> list[CorrelationsResponse]:
     """For each target, every candidate dimension value with NPMI (highest first): one pass for all targets."""
     population = population_filter(query)
-    members = sa.union_all(*(
-        sa.select(TRACES.c.trace_id, sa.literal(index).label("target"))
-        .where(*population, TRACES.c.trace_id.in_(trace_ids(target)))
-        for index, target in enumerate(targets)
-    )).cte("members")
-    total = conn.execute(sa.select(sa.func.count()).where(*population)).scalar()
-    target_counts = dict(conn.execute(sa.select(members.c.target, sa.func.count()).group_by(members.c.target)).all())
+    # One row per trace of the population with a flag per target, so that a single scan of the candidate
+    # facts counts each candidate and its co-occurrence with every target.
+    flags = sa.select(
+        TRACES.c.trace_id,
+        *(TRACES.c.trace_id.in_(trace_ids(target)).label(f"t{index}") for index, target in enumerate(targets)),
+    ).where(*population).subquery("flags")
+    total, *target_counts = conn.execute(
+        sa.select(sa.func.count(), *(sa.func.count().filter(flags.c[f"t{i}"]) for i in range(len(targets))))
+    ).one()
     candidate_rows, dimension = _candidates(conn, query)
-    facts = candidate_rows.cte("facts")
-    counts = {
-        (name, value): n
-        for name, value, n in conn.execute(
-            sa.select(facts.c.name, facts.c.value, sa.func.count()).group_by(facts.c.name, facts.c.value)
-        )
-    }
-    joints = conn.execute(
-        sa.select(members.c.target, facts.c.name, facts.c.value, sa.func.count())
-        .select_from(facts.join(members, members.c.trace_id == facts.c.trace_id))
-        .group_by(members.c.target, facts.c.name, facts.c.value).having(sa.func.count() >= min_support)
+    facts = candidate_rows.subquery("facts")
+    rows = conn.execute(
+        sa.select(
+            facts.c.name, facts.c.value, sa.func.count(),
+            *(sa.func.count().filter(flags.c[f"t{i}"]) for i in range(len(targets))),
+        ).select_from(facts.join(flags, flags.c.trace_id == facts.c.trace_id)).group_by(facts.c.name, facts.c.value)
     ).all()
     ranked: list[list[CorrelatedDimension]] = [[] for _ in targets]
-    for index, name, value, joint in joints:
-        if name == targets[index].name:
-            continue  # a dimension against its own other values says nothing
-        n = counts[(name, value)]
-        raw, smoothed = npmi(Counts(total, target_counts.get(index, 0), n, joint))
-        ranked[index].append(CorrelatedDimension(dimension=dimension(name, value), value=value, count=n,
-                                                 intersection_count=joint, correlation=correlation(raw, smoothed)))
+    for name, value, n, *joints in rows:
+        for index, joint in enumerate(joints):
+            if joint < min_support or name == targets[index].name:
+                continue  # too rare together, or a dimension against its own other values
+            raw, smoothed = npmi(Counts(total, target_counts[index], n, joint))
+            ranked[index].append(CorrelatedDimension(dimension=dimension(name, value), value=value, count=n,
+                                                     intersection_count=joint, correlation=correlation(raw, smoothed)))
     for found in ranked:
         found.sort(key=lambda c: (-c.correlation.npmi_score, -c.intersection_count, c.dimension.name, c.value))
     return [
         CorrelationsResponse(
-            dimension=DimensionCount(name=target.name, value=describe(target), count=target_counts.get(index, 0)),
+            dimension=DimensionCount(name=target.name, value=describe(target), count=target_counts[index]),
             total_count=total, data=ranked[index],
         )
         for index, target in enumerate(targets)
