@@ -163,6 +163,7 @@ def correlations_vs_mlflow(conn, store, experiment_id: str, max_pairs: int) -> d
                 store.calculate_trace_filter_correlation, [experiment_id], target_filter, candidate_filter
             )
             mlflow_s += seconds
+            print(f"    {label} ~ {candidate_filter}: MLflow {seconds:.1f} s", flush=True)
             assert (theirs.filter2_count, theirs.joint_count) == (candidate.count, candidate.intersection_count), label
             assert abs(theirs.npmi - candidate.correlation.npmi_score) < 1e-9, label
             checked += 1
@@ -203,6 +204,7 @@ def run(size: int, data_dir: Path, repeats: int, max_pairs: int) -> dict:
     store = SqlAlchemyStore(uri, str(data_dir / "artifacts"))
     with sqlalchemy_engine(str(warehouse)).connect() as conn:
         traffic = traffic_vs_mlflow(conn, store, experiment_id)
+        print(f"  traffic: {traffic}", flush=True)
         correlation = correlations_vs_mlflow(conn, store, experiment_id, max_pairs)
     return {
         "traces": traces,

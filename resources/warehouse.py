@@ -103,6 +103,19 @@ MIGRATIONS: list[str] = [
         seconds DOUBLE NOT NULL
     );
     """,
+    # 2: the trace's time (and, for tags, experiment) on child rows, so insights filter and bucket spans,
+    # tags and assessments without joining them to traces.
+    """
+    ALTER TABLE spans ADD COLUMN trace_timestamp_ms BIGINT;
+    ALTER TABLE trace_tags ADD COLUMN experiment_id VARCHAR;
+    ALTER TABLE trace_tags ADD COLUMN trace_timestamp_ms BIGINT;
+    ALTER TABLE assessments ADD COLUMN trace_timestamp_ms BIGINT;
+    UPDATE spans SET trace_timestamp_ms = traces.timestamp_ms FROM traces WHERE traces.trace_id = spans.trace_id;
+    UPDATE trace_tags SET experiment_id = traces.experiment_id, trace_timestamp_ms = traces.timestamp_ms
+    FROM traces WHERE traces.trace_id = trace_tags.trace_id;
+    UPDATE assessments SET trace_timestamp_ms = traces.timestamp_ms
+    FROM traces WHERE traces.trace_id = assessments.trace_id;
+    """,
 ]
 
 CONTRACT_TABLES = ("traces", "spans", "trace_tags", "trace_metadata", "assessments")

@@ -30,6 +30,31 @@ def assert_matches_mlflow(store: Store, warehouse_path: str) -> None:
         assert actual[table] == expected[table], (
             f"{table}: missing {sorted(expected[table] - actual[table])[:3]}, extra {sorted(actual[table] - expected[table])[:3]}"
         )
+    assert_child_rows_carry_their_trace(warehouse_path)
+
+
+def assert_child_rows_carry_their_trace(warehouse_path: str) -> None:
+    """Spans, tags and assessments hold their trace's time (and tags its experiment), row for row."""
+    with duckdb.connect(warehouse_path, read_only=True) as con:
+        for table, extra in (("spans", ""), ("trace_tags", " OR c.experiment_id IS DISTINCT FROM t.experiment_id"),
+                             ("assessments", "")):
+            total, wrong = con.execute(
+                f"SELECT count(*), count(*) FILTER (c.trace_timestamp_ms IS DISTINCT FROM t.timestamp_ms{extra}) "
+                f"FROM {table} c JOIN traces t USING (trace_id)"
+            ).fetchone()
+            assert total > 0 and wrong == 0, (table, total, wrong)
+
+
+def test_migration_2_backfills_trace_time_on_an_existing_warehouse(seeded_store: Store, warehouse_path: str):
+    extract_traces(SqlTrackingStore(seeded_store.uri), warehouse_path)
+    with duckdb.connect(warehouse_path) as con:  # make it a version-1 warehouse, as written before migration 2
+        for table, column in (("spans", "trace_timestamp_ms"), ("trace_tags", "experiment_id"),
+                              ("trace_tags", "trace_timestamp_ms"), ("assessments", "trace_timestamp_ms")):
+            con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        con.execute("DELETE FROM _schema_version WHERE version = 2")
+    result = extract_traces(SqlTrackingStore(seeded_store.uri), warehouse_path)
+    assert result.mode == "unchanged"
+    assert_child_rows_carry_their_trace(warehouse_path)
 
 
 def test_full_extract_equals_mlflow(seeded_store: Store, warehouse_path: str):

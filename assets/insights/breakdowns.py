@@ -16,7 +16,6 @@ from assets.insights.queries import (
     ASSESSMENTS,
     SPANS,
     TAGS,
-    TRACES,
     VALID_FEEDBACK,
     InsightsQuery,
     LatencyStats,
@@ -89,10 +88,6 @@ class AssessmentMetricsResponse(BaseModel):
     time_series: list[AssessmentPoint]
 
 
-def feedback_source() -> sa.FromClause:
-    return ASSESSMENTS.join(TRACES, TRACES.c.trace_id == ASSESSMENTS.c.trace_id)
-
-
 def detected_type() -> sa.ColumnElement[str]:
     """boolean or numeric when every value of the name is; string otherwise (JSON values included)."""
     return sa.case(
@@ -107,7 +102,7 @@ def assessments_discovery(conn: sa.Connection, query: InsightsQuery) -> Assessme
         sa.select(
             ASSESSMENTS.c.name, detected_type().label("assessment_type"), sa.func.count().label("count"),
             sa.func.array_agg(sa.distinct(ASSESSMENTS.c.source_type)).label("sources"),
-        ).select_from(feedback_source()).where(*population_filter(query), VALID_FEEDBACK)
+        ).select_from(ASSESSMENTS).where(*population_filter(query, ASSESSMENTS), VALID_FEEDBACK)
         .group_by(ASSESSMENTS.c.name).order_by(ASSESSMENTS.c.name)
     ).mappings().all()
     return AssessmentDiscoveryResponse(data=[AssessmentInfo(**{**row, "sources": sorted(row["sources"])}) for row in rows])
@@ -116,16 +111,16 @@ def assessments_discovery(conn: sa.Connection, query: InsightsQuery) -> Assessme
 def assessment_type(conn: sa.Connection, query: InsightsQuery, name: str) -> AssessmentType | None:
     """The detected type of the feedback `name` in the population, None when it has none."""
     return conn.execute(
-        sa.select(detected_type()).select_from(feedback_source())
-        .where(*population_filter(query), VALID_FEEDBACK, ASSESSMENTS.c.name == name).having(sa.func.count() > 0)
+        sa.select(detected_type()).select_from(ASSESSMENTS)
+        .where(*population_filter(query, ASSESSMENTS), VALID_FEEDBACK, ASSESSMENTS.c.name == name).having(sa.func.count() > 0)
     ).scalar()
 
 
 def _value_counts(conn: sa.Connection, query: InsightsQuery, where: tuple, by_bucket: bool) -> dict[int | None, list]:
-    bucket = bucket_column(query.time_bucket) if by_bucket else sa.null().label("time_bucket")
+    bucket = bucket_column(query.time_bucket, ASSESSMENTS) if by_bucket else sa.null().label("time_bucket")
     rows = conn.execute(
         sa.select(bucket, TEXT_VALUE.label("value"), sa.func.count().label("count"))
-        .select_from(feedback_source()).where(*population_filter(query), *where)
+        .select_from(ASSESSMENTS).where(*population_filter(query, ASSESSMENTS), *where)
         .group_by(*([bucket] if by_bucket else []), TEXT_VALUE).order_by(sa.desc("count"), TEXT_VALUE)
     ).all()
     counts: dict[int | None, list] = {}
@@ -156,7 +151,7 @@ def assessment_metrics(conn: sa.Connection, query: AssessmentQuery) -> Assessmen
         ]
     else:
         measures = [count]
-    summary, series = summary_and_series(conn, query, measures, source=feedback_source(), where=where)
+    summary, series = summary_and_series(conn, query, measures, table=ASSESSMENTS, where=where)
     if kind == "string":
         summary["values"] = _value_counts(conn, query, where, by_bucket=False).get(None, [])
         per_bucket = _value_counts(conn, query, where, by_bucket=True)
@@ -198,16 +193,12 @@ class ToolMetricsResponse(BaseModel):
     time_series: list[ToolPoint]
 
 
-def span_source() -> sa.FromClause:
-    return SPANS.join(TRACES, TRACES.c.trace_id == SPANS.c.trace_id)
-
-
 def tools_discovery(conn: sa.Connection, query: InsightsQuery) -> ToolDiscoveryResponse:
     rows = conn.execute(
         sa.select(
             SPANS.c.name, sa.func.count().label("calls"), sa.func.count(sa.distinct(SPANS.c.trace_id)).label("trace_count"),
             sa.func.count().filter(SPANS.c.status == "ERROR").label("error_count"),
-        ).select_from(span_source()).where(*population_filter(query), TOOL_SPAN)
+        ).select_from(SPANS).where(*population_filter(query, SPANS), TOOL_SPAN)
         .group_by(SPANS.c.name).order_by(sa.desc("calls"), SPANS.c.name)
     ).mappings().all()
     return ToolDiscoveryResponse(data=[ToolInfo(**row) for row in rows])
@@ -224,7 +215,7 @@ def tool_measures() -> list[sa.ColumnElement]:
 
 def tool_metrics(conn: sa.Connection, query: ToolQuery) -> ToolMetricsResponse:
     summary, series = summary_and_series(
-        conn, query, tool_measures(), source=span_source(), where=(TOOL_SPAN, SPANS.c.name == query.tool_name)
+        conn, query, tool_measures(), table=SPANS, where=(TOOL_SPAN, SPANS.c.name == query.tool_name)
     )
     return ToolMetricsResponse(
         tool_name=query.tool_name, summary=ToolStats(**summary), time_series=[ToolPoint(**p) for p in series]
@@ -262,15 +253,11 @@ class TagMetricsResponse(BaseModel):
     time_series: list[TagPoint]
 
 
-def tag_source() -> sa.FromClause:
-    return TAGS.join(TRACES, TRACES.c.trace_id == TAGS.c.trace_id)
-
-
 def tags_discovery(conn: sa.Connection, query: InsightsQuery) -> TagDiscoveryResponse:
     rows = conn.execute(
         sa.select(
             TAGS.c.key, sa.func.count().label("trace_count"), sa.func.count(sa.distinct(TAGS.c.value)).label("distinct_values"),
-        ).select_from(tag_source()).where(*population_filter(query), USER_TAG)
+        ).select_from(TAGS).where(*population_filter(query, TAGS), USER_TAG)
         .group_by(TAGS.c.key).order_by(sa.desc("trace_count"), TAGS.c.key)
     ).mappings().all()
     return TagDiscoveryResponse(data=[TagInfo(**row) for row in rows])
@@ -283,8 +270,8 @@ def tag_metrics(conn: sa.Connection, query: TagQuery) -> TagMetricsResponse:
         n = sa.func.count()
         rank = sa.func.row_number().over(partition_by=group or None, order_by=(n.desc(), TAGS.c.value)).label("rank")
         counts = (
-            sa.select(*group, TAGS.c.value, n.label("count"), rank).select_from(tag_source())
-            .where(*population_filter(query), TAGS.c.key == query.tag_key).group_by(*group, TAGS.c.value).subquery()
+            sa.select(*group, TAGS.c.value, n.label("count"), rank).select_from(TAGS)
+            .where(*population_filter(query, TAGS), TAGS.c.key == query.tag_key).group_by(*group, TAGS.c.value).subquery()
         )
         order = [counts.c.time_bucket] if group else []
         return conn.execute(
@@ -294,10 +281,10 @@ def tag_metrics(conn: sa.Connection, query: TagQuery) -> TagMetricsResponse:
     summary, series = summary_and_series(
         conn, query,
         [sa.func.count().label("trace_count"), sa.func.count(sa.distinct(TAGS.c.value)).label("distinct_values")],
-        source=tag_source(), where=(TAGS.c.key == query.tag_key,),
+        table=TAGS, where=(TAGS.c.key == query.tag_key,),
     )
     per_bucket: dict[int, list[ValueCount]] = {}
-    for row in ranked(bucket_column(query.time_bucket)):
+    for row in ranked(bucket_column(query.time_bucket, TAGS)):
         per_bucket.setdefault(row["time_bucket"], []).append(ValueCount(value=row["value"], count=row["count"]))
     top = [ValueCount(value=row["value"], count=row["count"]) for row in ranked(None)]
     return TagMetricsResponse(

@@ -19,9 +19,6 @@ from assets.insights.breakdowns import (
     TOOL_SPAN,
     USER_TAG,
     assessments_discovery,
-    feedback_source,
-    span_source,
-    tag_source,
     tags_discovery,
     tools_discovery,
 )
@@ -73,19 +70,18 @@ def _value_parameter(values: list[str] | None, description: str) -> list[Dimensi
     return [DimensionParameter(name="value", type=kind, enum_values=values, description=description)]
 
 
-def _distinct(conn: sa.Connection, column: sa.ColumnElement, source: sa.FromClause, query: InsightsQuery,
+def _distinct(conn: sa.Connection, column: sa.ColumnElement, table: sa.TableClause, query: InsightsQuery,
               *where: sa.ColumnElement[bool]) -> list[str]:
-    select = sa.select(column).distinct().select_from(source).where(*population_filter(query), *where, column.is_not(None))
+    select = sa.select(column).distinct().where(*population_filter(query, table), *where, column.is_not(None))
     return sorted(conn.execute(select).scalars())
 
 
 def dimensions_discovery(conn: sa.Connection, query: InsightsQuery) -> DimensionsDiscoveryResponse:
-    spans = span_source()
     data = [
         DimensionInfo(name="status", display_name="Trace status", description="Traces with this status.",
                       parameters=_value_parameter(_distinct(conn, TRACES.c.status, TRACES, query), "Trace status")),
         DimensionInfo(name="span.type", display_name="Span type", description="Traces with a span of this type.",
-                      parameters=_value_parameter(_distinct(conn, SPANS.c.span_type, spans, query), "Span type")),
+                      parameters=_value_parameter(_distinct(conn, SPANS.c.span_type, SPANS, query), "Span type")),
         DimensionInfo(name="latency", display_name="Latency", description="Traces whose latency (ms) compares so.",
                       parameters=_threshold_parameters("Latency in milliseconds")),
     ]
@@ -95,16 +91,14 @@ def dimensions_discovery(conn: sa.Connection, query: InsightsQuery) -> Dimension
             description=f"Traces that called tool {tool.name!r} (used), had a call fail (error) or none fail (success).",
             parameters=_value_parameter(TOOL_STATES, "used, error or success"),
         ))
-    tags = tag_source()
     for tag in tags_discovery(conn, query).data:
         values = (
-            _distinct(conn, TAGS.c.value, tags, query, TAGS.c.key == tag.key) if tag.distinct_values <= ENUM_LIMIT else None
+            _distinct(conn, TAGS.c.value, TAGS, query, TAGS.c.key == tag.key) if tag.distinct_values <= ENUM_LIMIT else None
         )
         data.append(DimensionInfo(
             name=f"tags.{tag.key}", display_name=f"Tag {tag.key}", description=f"Traces whose tag {tag.key!r} has this value.",
             parameters=_value_parameter(values, "Tag value"),
         ))
-    feedback = feedback_source()
     for info in assessments_discovery(conn, query).data:
         name = f"assessment.{info.name}"
         description = f"Traces with {info.assessment_type} feedback {info.name!r}"
@@ -113,7 +107,7 @@ def dimensions_discovery(conn: sa.Connection, query: InsightsQuery) -> Dimension
         elif info.assessment_type == "boolean":
             parameters = [DimensionParameter(name="value", type="boolean", enum_values=["true", "false"])]
         else:
-            values = _distinct(conn, TEXT_VALUE, feedback, query, VALID_FEEDBACK, ASSESSMENTS.c.name == info.name)
+            values = _distinct(conn, TEXT_VALUE, ASSESSMENTS, query, VALID_FEEDBACK, ASSESSMENTS.c.name == info.name)
             parameters = _value_parameter(values if len(values) <= ENUM_LIMIT else None, "Feedback value")
         data.append(DimensionInfo(name=name, display_name=f"Feedback {info.name}", description=description + ".",
                                   parameters=parameters))
@@ -214,37 +208,33 @@ def _candidates(conn: sa.Connection, query: InsightsQuery) -> tuple[sa.Select, d
 
     Each row is one trace having one dimension value (deduplicated), over the population.
     """
-    population = population_filter(query)
-    spans = span_source()
-    feedback = feedback_source()
-
-    def rows(name: sa.ColumnElement, value: sa.ColumnElement, source: sa.FromClause, *where) -> sa.Select:
+    def rows(name: sa.ColumnElement, value: sa.ColumnElement, table: sa.TableClause, *where) -> sa.Select:
         return (
-            sa.select(TRACES.c.trace_id.label("trace_id"), name.label("name"), value.label("value"))
-            .select_from(source).where(*population, *where).distinct()
+            sa.select(table.c.trace_id.label("trace_id"), name.label("name"), value.label("value"))
+            .where(*population_filter(query, table), *where).distinct()
         )
 
     tool = sa.literal("tools.") + SPANS.c.name
     failed_calls = sa.func.count().filter(SPANS.c.status == "ERROR")
     parts = [
         rows(sa.literal("status"), TRACES.c.status, TRACES),
-        rows(sa.literal("span.type"), SPANS.c.span_type, spans, SPANS.c.span_type.is_not(None)),
-        rows(tool, sa.literal("used"), spans, TOOL_SPAN),
-        rows(tool, sa.literal("error"), spans, TOOL_SPAN, SPANS.c.status == "ERROR"),
-        sa.select(TRACES.c.trace_id, tool, sa.literal("success")).select_from(spans).where(*population, TOOL_SPAN)
-        .group_by(TRACES.c.trace_id, SPANS.c.name).having(failed_calls == 0),
-        rows(sa.literal("tags.") + TAGS.c.key, TAGS.c.value, tag_source(),
-             USER_TAG, TAGS.c.value.is_not(None)),
+        rows(sa.literal("span.type"), SPANS.c.span_type, SPANS, SPANS.c.span_type.is_not(None)),
+        rows(tool, sa.literal("used"), SPANS, TOOL_SPAN),
+        rows(tool, sa.literal("error"), SPANS, TOOL_SPAN, SPANS.c.status == "ERROR"),
+        sa.select(SPANS.c.trace_id, tool, sa.literal("success")).where(*population_filter(query, SPANS), TOOL_SPAN)
+        .group_by(SPANS.c.trace_id, SPANS.c.name).having(failed_calls == 0),
+        rows(sa.literal("tags.") + TAGS.c.key, TAGS.c.value, TAGS, USER_TAG, TAGS.c.value.is_not(None)),
     ]
     kinds = {info.name: info.assessment_type for info in assessments_discovery(conn, query).data}
     categorical = [name for name, kind in kinds.items() if kind != "numeric"]
     if categorical:
         text = sa.case((ASSESSMENTS.c.value_type == "boolean", sa.cast(ASSESSMENTS.c.bool_value, sa.String)), else_=TEXT_VALUE)
-        parts.append(rows(sa.literal("assessment.") + ASSESSMENTS.c.name, text, feedback, VALID_FEEDBACK,
+        parts.append(rows(sa.literal("assessment.") + ASSESSMENTS.c.name, text, ASSESSMENTS, VALID_FEEDBACK,
                           ASSESSMENTS.c.name.in_(categorical), ASSESSMENTS.c.value_type.in_(["boolean", "string"])))
     thresholds: dict[str, tuple[str, float]] = {}
     slow = conn.execute(
-        sa.select(sa.func.percentile_cont(LATENCY_QUANTILE).within_group(TRACES.c.execution_time_ms)).where(*population)
+        sa.select(sa.func.percentile_cont(LATENCY_QUANTILE).within_group(TRACES.c.execution_time_ms))
+        .where(*population_filter(query))
     ).scalar()
     if slow is not None:
         thresholds["latency"] = (">", float(slow))
@@ -252,12 +242,12 @@ def _candidates(conn: sa.Connection, query: InsightsQuery) -> tuple[sa.Select, d
     for name in (name for name, kind in kinds.items() if kind == "numeric"):
         low = conn.execute(
             sa.select(sa.func.percentile_cont(NUMERIC_QUANTILE).within_group(ASSESSMENTS.c.numeric_value))
-            .select_from(feedback).where(*population, VALID_FEEDBACK, ASSESSMENTS.c.name == name)
+            .where(*population_filter(query, ASSESSMENTS), VALID_FEEDBACK, ASSESSMENTS.c.name == name)
         ).scalar()
         if low is None:
             continue
         thresholds[f"assessment.{name}"] = ("<", float(low))
-        parts.append(rows(sa.literal(f"assessment.{name}"), sa.literal(f"< {low:g}"), feedback, VALID_FEEDBACK,
+        parts.append(rows(sa.literal(f"assessment.{name}"), sa.literal(f"< {low:g}"), ASSESSMENTS, VALID_FEEDBACK,
                           ASSESSMENTS.c.name == name, ASSESSMENTS.c.numeric_value < low))
 
     def dimension(name: str, value: str) -> Dimension:

@@ -18,15 +18,21 @@ TRACES = sa.table(
     sa.column("status"), sa.column("input_tokens"), sa.column("output_tokens"), sa.column("total_tokens"),
     sa.column("total_cost"),
 )
+# Spans, tags and assessments carry their trace's experiment and time (`trace_timestamp_ms`), so each is
+# filtered and bucketed on its own, without a join.
 SPANS = sa.table(
-    "spans", sa.column("trace_id"), sa.column("span_id"), sa.column("name"), sa.column("span_type"),
-    sa.column("status"), sa.column("duration_ms"),
+    "spans", sa.column("trace_id"), sa.column("experiment_id"), sa.column("trace_timestamp_ms"), sa.column("span_id"),
+    sa.column("name"), sa.column("span_type"), sa.column("status"), sa.column("duration_ms"),
 )
-TAGS = sa.table("trace_tags", sa.column("trace_id"), sa.column("key"), sa.column("value"))
+TAGS = sa.table(
+    "trace_tags", sa.column("trace_id"), sa.column("experiment_id"), sa.column("trace_timestamp_ms"),
+    sa.column("key"), sa.column("value"),
+)
 ASSESSMENTS = sa.table(
-    "assessments", sa.column("assessment_id"), sa.column("trace_id"), sa.column("name"), sa.column("assessment_type"),
-    sa.column("valid"), sa.column("value_type"), sa.column("value_json"), sa.column("bool_value"),
-    sa.column("numeric_value"), sa.column("string_value"), sa.column("source_type"),
+    "assessments", sa.column("assessment_id"), sa.column("trace_id"), sa.column("experiment_id"),
+    sa.column("trace_timestamp_ms"), sa.column("name"), sa.column("assessment_type"), sa.column("valid"),
+    sa.column("value_type"), sa.column("value_json"), sa.column("bool_value"), sa.column("numeric_value"),
+    sa.column("string_value"), sa.column("source_type"),
 )
 # Feedback that counts: assessments of type feedback that no later assessment overrode (as MLflow's metrics).
 VALID_FEEDBACK = sa.and_(ASSESSMENTS.c.assessment_type == "feedback", ASSESSMENTS.c.valid)
@@ -118,33 +124,36 @@ class TokenResponse(BaseModel):
     time_series: list[TokenPoint]
 
 
-def population_filter(query: InsightsQuery) -> list[sa.ColumnElement[bool]]:
-    conditions = [TRACES.c.experiment_id.in_(query.experiment_ids)]
+def trace_time(table: sa.TableClause = TRACES) -> sa.ColumnElement[int]:
+    """The trace's time (epoch ms) as seen from `table`."""
+    return table.c.timestamp_ms if table is TRACES else table.c.trace_timestamp_ms
+
+
+def population_filter(query: InsightsQuery, table: sa.TableClause = TRACES) -> list[sa.ColumnElement[bool]]:
+    """The rows of `table` whose trace is in the query's experiments and time range."""
+    conditions = [table.c.experiment_id.in_(query.experiment_ids)]
     if query.start_time is not None:
-        conditions.append(TRACES.c.timestamp_ms >= query.start_time)
+        conditions.append(trace_time(table) >= query.start_time)
     if query.end_time is not None:
-        conditions.append(TRACES.c.timestamp_ms <= query.end_time)
+        conditions.append(trace_time(table) <= query.end_time)
     return conditions
 
 
-def bucket_column(time_bucket: TimeBucket) -> sa.ColumnElement[int]:
+def bucket_column(time_bucket: TimeBucket, table: sa.TableClause = TRACES) -> sa.ColumnElement[int]:
     """The start (epoch ms, UTC-aligned) of the trace's time bucket."""
     size = time_bucket.milliseconds
-    return (sa.cast(sa.func.floor(TRACES.c.timestamp_ms / size), sa.BigInteger) * size).label("time_bucket")
+    return (sa.cast(sa.func.floor(trace_time(table) / size), sa.BigInteger) * size).label("time_bucket")
 
 
 def summary_and_series(
     conn: sa.Connection, query: InsightsQuery, measures: list[sa.ColumnElement], *,
-    source: sa.FromClause = TRACES, where: tuple[sa.ColumnElement[bool], ...] = (),
+    table: sa.TableClause = TRACES, where: tuple[sa.ColumnElement[bool], ...] = (),
 ) -> tuple[dict, list[dict]]:
-    """Rows of `measures` over the whole range, and per time bucket (oldest first), in one scan.
-
-    `source` is TRACES or a join with it: the population and the buckets are always the trace's.
-    """
-    bucket = bucket_column(query.time_bucket)
+    """Rows of `measures` over `table` for the whole range, and per time bucket (oldest first), in one scan."""
+    bucket = bucket_column(query.time_bucket, table)
     is_summary = sa.func.grouping(bucket).label("is_summary")
     rows = conn.execute(
-        sa.select(is_summary, bucket, *measures).select_from(source).where(*population_filter(query), *where)
+        sa.select(is_summary, bucket, *measures).select_from(table).where(*population_filter(query, table), *where)
         .group_by(sa.func.grouping_sets(sa.tuple_(bucket), sa.tuple_()))
         .order_by(is_summary.desc(), bucket)
     ).mappings().all()

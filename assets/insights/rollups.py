@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from assets.insights.breakdowns import TEXT_VALUE, TOOL_SPAN, USER_TAG, feedback_source, span_source, tag_source, tool_measures
+from assets.insights.breakdowns import TEXT_VALUE, TOOL_SPAN, USER_TAG, tool_measures
 from assets.insights.dimensions import CorrelationsResponse, assessments_discovery, rank_against
 from assets.insights.npmi import Dimension
 from assets.insights.queries import (
@@ -35,7 +35,6 @@ GRAINS = {TimeBucket.hour: "hourly", TimeBucket.day: "daily"}
 
 def rollup_queries() -> dict[str, sa.Select]:
     """Table name → the query that fills it."""
-    experiment = TRACES.c.experiment_id
     categorical = sa.case(
         (ASSESSMENTS.c.value_type == "numeric", sa.null()),
         (ASSESSMENTS.c.value_type == "boolean", sa.cast(ASSESSMENTS.c.bool_value, sa.String)),
@@ -44,26 +43,27 @@ def rollup_queries() -> dict[str, sa.Select]:
     value = ASSESSMENTS.c.numeric_value
     tables = {}
     for grain, suffix in GRAINS.items():
-        bucket = bucket_column(grain)
+        def keys(table: sa.TableClause, grain: TimeBucket = grain) -> tuple[sa.ColumnElement, sa.ColumnElement]:
+            return table.c.experiment_id, bucket_column(grain, table)
+
         tables[f"insights_traffic_{suffix}"] = sa.select(
-            experiment, bucket, *volume_measures(), *latency_measures(TRACES.c.execution_time_ms), *token_measures()
-        ).group_by(experiment, bucket)
+            *keys(TRACES), *volume_measures(), *latency_measures(TRACES.c.execution_time_ms), *token_measures()
+        ).group_by(*keys(TRACES))
         tables[f"insights_tools_{suffix}"] = (
-            sa.select(experiment, bucket, SPANS.c.name.label("tool_name"), *tool_measures()).select_from(span_source())
-            .where(TOOL_SPAN).group_by(experiment, bucket, SPANS.c.name)
+            sa.select(*keys(SPANS), SPANS.c.name.label("tool_name"), *tool_measures())
+            .where(TOOL_SPAN).group_by(*keys(SPANS), SPANS.c.name)
         )
         tables[f"insights_tags_{suffix}"] = (
-            sa.select(experiment, bucket, TAGS.c.key, TAGS.c.value, sa.func.count().label("trace_count"))
-            .select_from(tag_source()).where(USER_TAG).group_by(experiment, bucket, TAGS.c.key, TAGS.c.value)
+            sa.select(*keys(TAGS), TAGS.c.key, TAGS.c.value, sa.func.count().label("trace_count"))
+            .where(USER_TAG).group_by(*keys(TAGS), TAGS.c.key, TAGS.c.value)
         )
         tables[f"insights_assessments_{suffix}"] = (
             sa.select(
-                experiment, bucket, ASSESSMENTS.c.name, categorical.label("value"), sa.func.count().label("count"),
+                *keys(ASSESSMENTS), ASSESSMENTS.c.name, categorical.label("value"), sa.func.count().label("count"),
                 sa.func.avg(value).label("avg"), sa.func.min(value).label("min"), sa.func.max(value).label("max"),
                 sa.func.percentile_cont(0.5).within_group(value).label("p50"),
                 sa.func.percentile_cont(0.9).within_group(value).label("p90"),
-            ).select_from(feedback_source()).where(VALID_FEEDBACK)
-            .group_by(experiment, bucket, ASSESSMENTS.c.name, categorical)
+            ).where(VALID_FEEDBACK).group_by(*keys(ASSESSMENTS), ASSESSMENTS.c.name, categorical)
         )
     return tables
 

@@ -65,6 +65,11 @@ def fingerprint_sql(rel: Callable[[str], str]) -> str:
 
 def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
     """One SELECT per warehouse table, from relations shaped like MLflow's SQL tables."""
+    # Child rows carry their trace's time and experiment (warehouse migration 2).
+    trace_times = (
+        "(SELECT request_id AS joined_trace_id, timestamp_ms AS joined_timestamp_ms, "
+        f"CAST(experiment_id AS VARCHAR) AS joined_experiment_id FROM {rel('trace_info')})"
+    )
     return {
         "traces": f"""
             SELECT request_id, CAST(experiment_id AS VARCHAR), timestamp_ms, make_timestamp(timestamp_ms * 1000),
@@ -84,7 +89,8 @@ def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
                             CASE WHEN content IS NULL OR content = '' THEN 'span content is empty'
                                  ELSE 'span content is not valid JSON' END
                         WHEN NOT starts_with(ltrim(content), '{{') THEN 'span content is not a JSON object'
-                   END
+                   END,
+                   joined_timestamp_ms
             FROM (
                 SELECT *, TRY(json_extract_string(parsed[2], ['$.input_tokens', '$.output_tokens', '$.total_tokens'])) AS usage
                 FROM (
@@ -92,11 +98,14 @@ def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
                                content, ['$.status.message', '$.attributes."mlflow.chat.tokenUsage"'])) AS parsed
                     FROM {rel('spans')}
                 )
-            )""",
+            ) LEFT JOIN {trace_times} ON joined_trace_id = trace_id""",
         "trace_tags": f"""
-            SELECT request_id, key, value FROM {rel('trace_tags')} WHERE key <> '{TRACE_NAME_TAG}'
+            SELECT request_id, key, value, joined_experiment_id, joined_timestamp_ms
+            FROM {rel('trace_tags')} LEFT JOIN {trace_times} ON joined_trace_id = request_id
+            WHERE key <> '{TRACE_NAME_TAG}'
             UNION ALL
-            SELECT request_id, '{TRACE_NAME_TAG}', trace_name FROM {rel('trace_info')} WHERE trace_name IS NOT NULL""",
+            SELECT request_id, '{TRACE_NAME_TAG}', trace_name, CAST(experiment_id AS VARCHAR), timestamp_ms
+            FROM {rel('trace_info')} WHERE trace_name IS NOT NULL""",
         "trace_metadata": f"""
             SELECT request_id, key, value FROM {rel('trace_request_metadata')}
             WHERE key NOT IN {PROMOTED_METADATA_KEYS}""",
@@ -108,7 +117,7 @@ def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
                    CASE WHEN value_type = 'string' THEN
                         CASE WHEN json_valid(value) THEN json_extract_string(value, '$') ELSE value END END,
                    error, source_type, source_id, rationale, span_id, run_id, overrides,
-                   created_timestamp, last_updated_timestamp, CAST(valid AS BOOLEAN)
+                   created_timestamp, last_updated_timestamp, CAST(valid AS BOOLEAN), joined_timestamp_ms
             FROM (
                 SELECT *, CASE WHEN NOT json_valid(value) THEN 'string'
                                WHEN json_type(value) = 'BOOLEAN' THEN 'boolean'
@@ -116,7 +125,7 @@ def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
                                WHEN json_type(value) = 'VARCHAR' THEN 'string'
                                ELSE 'json' END AS value_type
                 FROM {rel('assessments')}
-            )""",
+            ) LEFT JOIN {trace_times} ON joined_trace_id = trace_id""",
     }
 
 
