@@ -1,6 +1,6 @@
 """The insights REST API: POST JSON under /api/3.0/mlflow/traces/insights/, served by `llmops serve`.
 
-Each request opens the warehouse read-only for its own duration (waiting while an extract holds the write
+Each request attaches the warehouse read-only for its own duration (waiting while an extract holds the write
 lock), so the server never blocks the Dagster runs that write the file. Errors use MLflow's error JSON
 (`error_code`, `message`): INVALID_PARAMETER_VALUE → 400, RESOURCE_NOT_FOUND → 404.
 """
@@ -21,7 +21,7 @@ from fastapi_offline import FastAPIOffline
 from assets.insights import breakdowns, dimensions, queries
 from assets.insights.npmi import DimensionError
 from assets.insights.queries import TRACES, InsightsQuery
-from resources.warehouse import sqlalchemy_engine
+from resources.warehouse import attached_engine
 
 PREFIX = "/api/3.0/mlflow/traces/insights"
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def create_app(warehouse_path: str) -> FastAPIOffline:
         "are UTC-aligned and reported by their start.",
         version="1.0",
     )
-    engine = sqlalchemy_engine(warehouse_path, read_only=True, lock_timeout_s=30.0)
+    engine = attached_engine(warehouse_path)
 
     @contextmanager
     def warehouse(query: InsightsQuery) -> Iterator[sa.Connection]:

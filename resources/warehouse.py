@@ -6,6 +6,7 @@ keep their connection short and everybody opens with a retry.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -163,6 +164,41 @@ def sqlalchemy_engine(path: str, read_only: bool = True, lock_timeout_s: float =
     @sa.event.listens_for(engine, "do_connect")
     def _wait_for_lock(dialect, _record, cargs, cparams):
         return retry_while_locked(lambda: dialect.connect(*cargs, **cparams), lock_timeout_s)
+
+    return engine
+
+
+def attached_engine(path: str, lock_timeout_s: float = 30.0) -> sa.Engine:
+    """Read-only connections for a long-running server: each checkout ATTACHes the file to one in-memory
+    DuckDB kept for the process and DETACHes it at close. That costs ~4 ms instead of ~15 ms for opening
+    a database, and the file's lock is held only while a request runs, so extracts are never locked out.
+    Checkouts take turns (one request at a time; each query uses every core anyway)."""
+    from duckdb_engine import ConnectionWrapper
+
+    instance = duckdb.connect()  # in memory: holds no file
+    turn = threading.Lock()
+    quoted = "'" + path.replace("'", "''") + "'"
+    engine = sa.create_engine("duckdb:///:memory:", poolclass=NullPool)
+
+    @sa.event.listens_for(engine, "do_connect")
+    def _attach(_dialect, _record, _cargs, _cparams):
+        turn.acquire()
+        try:
+            con = instance.cursor()
+            retry_while_locked(lambda: con.execute(f"ATTACH {quoted} AS warehouse (READ_ONLY)"), lock_timeout_s)
+            con.execute("USE warehouse")
+            return ConnectionWrapper(con)
+        except BaseException:
+            turn.release()
+            raise
+
+    @sa.event.listens_for(engine, "close")
+    def _detach(dbapi_connection, _record):
+        try:
+            dbapi_connection.execute("USE memory")
+            dbapi_connection.execute("DETACH warehouse")
+        finally:
+            turn.release()
 
     return engine
 

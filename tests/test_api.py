@@ -179,3 +179,12 @@ def test_a_request_waits_while_an_extract_holds_the_write_lock(api, warehouse, s
     holder.wait(timeout=30)
     assert status == 200 and payload["summary"]["count"] == len(seeded_store.trace_ids)
     assert waited > 0.5  # it waited for the lock instead of failing
+
+
+def test_the_server_holds_no_lock_between_requests(api, warehouse, seeded_store: Store):
+    for _ in range(3):
+        assert post(api, "tags/discovery", {"experiment_ids": [seeded_store.experiment_id]})[0] == 200
+    warehouse.dispose()  # this process's own pooled connection, as above
+    writer = subprocess.run([sys.executable, "-c", "import duckdb, sys; duckdb.connect(sys.argv[1]).close()",
+                             warehouse.url.database], capture_output=True, text=True, timeout=60)
+    assert writer.returncode == 0, writer.stderr
