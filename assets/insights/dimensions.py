@@ -9,6 +9,7 @@ pass over the warehouse, with the same counts `calculate_npmi` gives for each pa
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import sqlalchemy as sa
@@ -203,7 +204,9 @@ LATENCY_QUANTILE = 0.9  # latency candidates: slower than the population's p90
 NUMERIC_QUANTILE = 0.25  # numeric feedback candidates: below the population's p25
 
 
-def _candidates(conn: sa.Connection, query: InsightsQuery) -> tuple[sa.Select, dict[tuple[str, str], Dimension]]:
+def _candidates(
+    conn: sa.Connection, query: InsightsQuery
+) -> tuple[sa.CompoundSelect, Callable[[str, str], Dimension]]:
     """Every candidate dimension value as rows (trace_id, name, value), and how each maps to a Dimension.
 
     Each row is one trace having one dimension value (deduplicated), over the population.
