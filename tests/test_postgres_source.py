@@ -8,8 +8,8 @@ import pytest
 from mlflow.entities import AssessmentSource, AssessmentSourceType
 
 from assets.traces.extract import extract_traces
-from resources.api_trace_source import ApiTrackingStore
 from resources.agent.traffic import seed_demo
+from resources.api_trace_source import ApiTrackingStore
 from resources.trace_sources import SqlTrackingStore, source_for
 from tests.conftest import HOSTILE_TAGS, Store
 from tests.test_api_source import assert_same, contract_dump

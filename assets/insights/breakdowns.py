@@ -19,8 +19,9 @@ from assets.insights.queries import (
     VALID_FEEDBACK,
     InsightsQuery,
     LatencyStats,
-    latency_measures,
     bucket_column,
+    latency_measures,
+    percentiles,
     population_filter,
     summary_and_series,
 )
@@ -145,9 +146,8 @@ def assessment_metrics(conn: sa.Connection, query: AssessmentQuery) -> Assessmen
     elif kind == "numeric":
         value = ASSESSMENTS.c.numeric_value
         measures = [
-            count, sa.func.avg(value).label("avg"), sa.func.percentile_cont(0.5).within_group(value).label("p50"),
-            sa.func.percentile_cont(0.9).within_group(value).label("p90"), sa.func.min(value).label("min"),
-            sa.func.max(value).label("max"),
+            count, sa.func.avg(value).label("avg"), *percentiles(value, {"p50": 0.5, "p90": 0.9}),
+            sa.func.min(value).label("min"), sa.func.max(value).label("max"),
         ]
     else:
         measures = [count]
@@ -169,8 +169,7 @@ def assessment_metrics(conn: sa.Connection, query: AssessmentQuery) -> Assessmen
 class ToolInfo(BaseModel):
     name: str
     calls: int
-    trace_count: int
-    error_count: int
+    error_count: int  # traces that used a tool: calculate-npmi with tools.<name> = used
 
 
 class ToolDiscoveryResponse(BaseModel):
@@ -196,8 +195,7 @@ class ToolMetricsResponse(BaseModel):
 def tools_discovery(conn: sa.Connection, query: InsightsQuery) -> ToolDiscoveryResponse:
     rows = conn.execute(
         sa.select(
-            SPANS.c.name, sa.func.count().label("calls"), sa.func.count(sa.distinct(SPANS.c.trace_id)).label("trace_count"),
-            sa.func.count().filter(SPANS.c.status == "ERROR").label("error_count"),
+            SPANS.c.name, sa.func.count().label("calls"), sa.func.count().filter(SPANS.c.status == "ERROR").label("error_count"),
         ).select_from(SPANS).where(*population_filter(query, SPANS), TOOL_SPAN)
         .group_by(SPANS.c.name).order_by(sa.desc("calls"), SPANS.c.name)
     ).mappings().all()

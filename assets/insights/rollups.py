@@ -26,6 +26,7 @@ from assets.insights.queries import (
     TimeBucket,
     bucket_column,
     latency_measures,
+    percentiles,
     token_measures,
     volume_measures,
 )
@@ -61,8 +62,7 @@ def rollup_queries() -> dict[str, sa.Select]:
             sa.select(
                 *keys(ASSESSMENTS), ASSESSMENTS.c.name, categorical.label("value"), sa.func.count().label("count"),
                 sa.func.avg(value).label("avg"), sa.func.min(value).label("min"), sa.func.max(value).label("max"),
-                sa.func.percentile_cont(0.5).within_group(value).label("p50"),
-                sa.func.percentile_cont(0.9).within_group(value).label("p90"),
+                *percentiles(value, {"p50": 0.5, "p90": 0.9}),
             ).where(VALID_FEEDBACK).group_by(*keys(ASSESSMENTS), ASSESSMENTS.c.name, categorical)
         )
     return tables
