@@ -167,9 +167,11 @@ def assessment_metrics(conn: sa.Connection, query: AssessmentQuery) -> Assessmen
 
 
 class ToolInfo(BaseModel):
+    """A tool's calls and failed calls (how many traces used it: calculate-npmi on `tools.<name>` = used)."""
+
     name: str
     calls: int
-    error_count: int  # traces that used a tool: calculate-npmi with tools.<name> = used
+    error_count: int
 
 
 class ToolDiscoveryResponse(BaseModel):
