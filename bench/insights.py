@@ -112,6 +112,13 @@ def timed(action, *args, **kwargs):
     return value, time.perf_counter() - started
 
 
+def best_of(runs: int, action, *args):
+    """The answer and the fastest of `runs` timings: the first run of a query over a 15 GB SQLite store
+    may read it from disk, the next from the OS cache; each side gets its warm time."""
+    results = [timed(action, *args) for _ in range(runs)]
+    return results[0][0], min(seconds for _, seconds in results)
+
+
 def traffic_vs_mlflow(conn, store, experiment_id: str) -> dict:
     """Daily volume by status and latency percentiles: ours vs query_trace_metrics, checked equal."""
     import sqlalchemy as sa
@@ -121,8 +128,8 @@ def traffic_vs_mlflow(conn, store, experiment_id: str) -> dict:
 
     low, high = conn.execute(sa.text("SELECT min(timestamp_ms), max(timestamp_ms) FROM traces")).one()
     query = InsightsQuery(experiment_ids=[experiment_id], start_time=low, end_time=high)
-    volume, ours_volume_s = timed(lambda: traffic_volume(conn, query))
-    points, mlflow_volume_s = timed(lambda: store.query_trace_metrics(
+    volume, ours_volume_s = best_of(5, traffic_volume, conn, query)
+    points, mlflow_volume_s = best_of(3, lambda: store.query_trace_metrics(
         [experiment_id], MetricViewType.TRACES, "trace_count", [MetricAggregation(AggregationType.COUNT)],
         dimensions=["trace_status"], time_interval_seconds=86_400, start_time_ms=low, end_time_ms=high))
     theirs: dict[int, int] = {}
@@ -131,8 +138,8 @@ def traffic_vs_mlflow(conn, store, experiment_id: str) -> dict:
         theirs[bucket] = theirs.get(bucket, 0) + p.values["COUNT"]
     assert theirs == {p.time_bucket: p.count for p in volume.time_series}, "volume differs from MLflow's"
     aggregations = [MetricAggregation(AggregationType.PERCENTILE, p) for p in (50.0, 90.0, 95.0, 99.0)]
-    latency, ours_latency_s = timed(lambda: traffic_latency(conn, query))
-    points, mlflow_latency_s = timed(lambda: store.query_trace_metrics(
+    latency, ours_latency_s = best_of(5, traffic_latency, conn, query)
+    points, mlflow_latency_s = best_of(3, lambda: store.query_trace_metrics(
         [experiment_id], MetricViewType.TRACES, "latency", aggregations, time_interval_seconds=86_400,
         start_time_ms=low, end_time_ms=high))
     theirs_p95 = {int(datetime.fromisoformat(p.dimensions["time_bucket"]).timestamp() * 1000): p.values["P95.0"]
