@@ -33,10 +33,6 @@ class ApiError(Exception):
         self.status, self.error_code, self.message = status, error_code, message
 
 
-def invalid(message: str) -> ApiError:
-    return ApiError(400, "INVALID_PARAMETER_VALUE", message)
-
-
 def not_found(message: str) -> ApiError:
     return ApiError(404, "RESOURCE_NOT_FOUND", message)
 

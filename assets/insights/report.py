@@ -1,4 +1,4 @@
-"""The insights report: one self-contained HTML page of Plotly charts per experiment (no Dagster).
+"""The insights report: one self-contained HTML page of Plotly charts, a section per experiment (no Dagster).
 
 Drawn from the daily rollups and `root_causes` the insights assets write: volume, latency and error rate over
 time, the tools with their error rates, the feedback trend, and a heatmap of what goes with each bad outcome.
