@@ -79,6 +79,20 @@ def extract_command(full_refresh: bool) -> None:
     _materialize("warehouse_refresh", {"ops": {"trace_warehouse": {"config": {"full_refresh": full_refresh}}}})
 
 
+@main.command("release-prompts")
+def release_prompts_command() -> None:
+    """Sync the prompt files, evaluate the candidates and promote them if the gate passes (`prompt_release`)."""
+    _setup()
+    _materialize("prompt_release")
+
+
+@main.command("rollback-prompts")
+def rollback_prompts_command() -> None:
+    """Move the prompts' `production` alias back to the versions the last promotion replaced."""
+    _setup()
+    _materialize("prompt_rollback")
+
+
 @main.command("demo")
 @click.option("--traces", default=300, show_default=True, type=click.IntRange(min=1), help="Demo traces to seed.")
 @click.option("--reseed", is_flag=True, help="Seed more traffic even if the demo experiment already has traces.")
@@ -104,6 +118,10 @@ def demo_command(traces: int, reseed: bool) -> None:
     with WarehouseResource(path=values[settings.LLMOPS_DUCKDB_PATH]).connect(read_only=True) as con:
         counts = ", ".join(f"{table} {rows}" for table, rows in warehouse_summary(con).rows.items())
     uri = values[settings.MLFLOW_TRACKING_URI]
+    prompts = ", ".join(
+        f"{name} v{version.version} ({', '.join(aliases)})"
+        for name, version, aliases in _production_prompts(uri)
+    )
     click.echo(
         f"""
 Results
@@ -112,6 +130,7 @@ Results
                          ({counts})
   Dagster instance       {values[settings.DAGSTER_HOME]}
   Insights report        {Path(values[settings.LLMOPS_REPORTS_DIR]) / "insights.html"}
+  Prompts                {prompts or "none in production (see the prompt_evals gate in the Dagster UI)"}
 
 Next
   Dagster UI   uv run llmops ui                      -> http://127.0.0.1:3000
@@ -120,6 +139,20 @@ Next
   Query        uv run python -c "import duckdb; print(duckdb.connect('{values[settings.LLMOPS_DUCKDB_PATH]}', read_only=True).sql('SELECT status, count(*) FROM traces GROUP BY 1'))"
 """
     )
+
+
+def _production_prompts(uri: str) -> list[tuple]:
+    from mlflow import MlflowClient
+
+    from assets.prompts.assets import AGENT_PROMPTS
+    from assets.prompts.registry import PRODUCTION, prompt_state
+
+    client, found = MlflowClient(uri), []
+    for name in AGENT_PROMPTS:
+        state = prompt_state(client, name)
+        if (version := state.alias(PRODUCTION)) is not None:
+            found.append((name, version, state.aliases_of(version.version)))
+    return found
 
 
 @main.command("ui")

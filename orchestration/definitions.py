@@ -4,24 +4,34 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets.insights.assets import insights_report, insights_rollups, root_causes
-from assets.traces.assets import trace_warehouse
-from orchestration.jobs import JOBS
-from resources.mlflow import MlflowResource
 from resources.settings import apply_defaults
-from resources.warehouse import WarehouseResource
 
 # Fill in the embedded defaults for whatever the user did not set, so the EnvVars below resolve
 # the same way under `dagster dev`, `dagster asset materialize` and `llmops`.
 apply_defaults()
 
+from assets.evals.assets import prompt_evals  # noqa: E402
+from assets.insights.assets import insights_report, insights_rollups, root_causes  # noqa: E402
+from assets.prompts.assets import prompt_production, prompt_registry  # noqa: E402
+from assets.traces.assets import trace_warehouse  # noqa: E402
+from orchestration.jobs import JOBS  # noqa: E402
+from orchestration.sensors import SENSORS  # noqa: E402
+from resources.mlflow import MlflowResource  # noqa: E402
+from resources.user_files import UserFilesResource  # noqa: E402
+from resources.warehouse import WarehouseResource  # noqa: E402
+
 defs = dg.Definitions(
-    assets=[trace_warehouse, insights_rollups, root_causes, insights_report],
+    assets=[trace_warehouse, insights_rollups, root_causes, insights_report, prompt_registry, prompt_evals,
+            prompt_production],
     jobs=JOBS,
+    sensors=SENSORS,
     resources={
         "mlflow": MlflowResource(
-            tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"), trace_source=dg.EnvVar("LLMOPS_TRACE_SOURCE")
+            tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"), trace_source=dg.EnvVar("LLMOPS_TRACE_SOURCE"),
+            eval_experiment=dg.EnvVar("LLMOPS_EVAL_EXPERIMENT"),
         ),
         "warehouse": WarehouseResource(path=dg.EnvVar("LLMOPS_DUCKDB_PATH")),
+        "user_files": UserFilesResource(prompts_dir=dg.EnvVar("LLMOPS_PROMPTS_DIR"),
+                                        evals_dir=dg.EnvVar("LLMOPS_EVALS_DIR")),
     },
 )

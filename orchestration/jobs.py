@@ -1,4 +1,4 @@
-"""Jobs users launch from the Dagster UI, schedules and the CLI."""
+"""Jobs users launch from the Dagster UI, schedules, sensors and the CLI."""
 
 from __future__ import annotations
 
@@ -13,5 +13,17 @@ warehouse_refresh_job = dg.define_asset_job(
     description="Copy new and changed MLflow traces into the DuckDB warehouse, then refresh the insights "
     "(rollups, root causes, report).",
 )
+prompt_release_job = dg.define_asset_job(
+    "prompt_release",
+    selection=dg.AssetSelection.assets("prompt_registry", "prompt_evals", "prompt_production"),
+    description="Sync the prompt files into MLflow's Prompt Registry (new versions become `candidate`), evaluate "
+    "the candidates, and promote them to `production` only if the eval gate passes.",
+)
+prompt_rollback_job = dg.define_asset_job(
+    "prompt_rollback",
+    selection=dg.AssetSelection.assets("prompt_production"),
+    config={"ops": {"prompt_production": {"config": {"action": "rollback"}}}},
+    description="Move `production` back to the prompt versions the last promotion replaced.",
+)
 
-JOBS = [main_job, warehouse_refresh_job]
+JOBS = [main_job, warehouse_refresh_job, prompt_release_job, prompt_rollback_job]

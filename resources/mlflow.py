@@ -1,10 +1,11 @@
-"""The MLflow tracking store as a Dagster resource."""
+"""The MLflow tracking store (traces, prompt registry, evaluation runs) as a Dagster resource."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import dagster as dg
+from mlflow import MlflowClient
 
 from resources.trace_sources import TraceSource, source_for
 
@@ -13,11 +14,24 @@ class MlflowResource(dg.ConfigurableResource):
     """Where traces, prompts and models live (`MLFLOW_TRACKING_URI`; default `$LLMOPS_HOME/mlflow.db`).
 
     `trace_source` picks how traces are read: `sql` reads MLflow's SQLite database directly (fast),
-    `api` goes through MLflow's client API; `auto` picks `sql` for sqlite URIs.
+    `api` goes through MLflow's client API; `auto` picks `sql` for sqlite URIs. `eval_experiment`
+    (`LLMOPS_EVAL_EXPERIMENT`) is the experiment prompt evaluations log into.
     """
 
     tracking_uri: str
     trace_source: str = "auto"
+    eval_experiment: str = "llmops-evals"  # where prompt evaluations log their runs
 
     def traces(self, progress: Callable[[str], None] | None = None) -> TraceSource:
         return source_for(self.tracking_uri, self.trace_source, progress)
+
+    def client(self) -> MlflowClient:
+        """A client for this store and its prompt registry (MLflow derives the registry from the tracking URI:
+        the same store locally, Unity Catalog for `databricks`)."""
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def make_current(self) -> None:
+        """Point MLflow's fluent API (`mlflow.genai.evaluate`, `start_run`) at this store."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)

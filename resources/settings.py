@@ -16,7 +16,14 @@ LLMOPS_DUCKDB_PATH = "LLMOPS_DUCKDB_PATH"
 LLMOPS_TRACE_SOURCE = "LLMOPS_TRACE_SOURCE"
 LLMOPS_DEMO_EXPERIMENT = "LLMOPS_DEMO_EXPERIMENT"
 LLMOPS_REPORTS_DIR = "LLMOPS_REPORTS_DIR"
+LLMOPS_PROMPTS_DIR = "LLMOPS_PROMPTS_DIR"
+LLMOPS_EVALS_DIR = "LLMOPS_EVALS_DIR"
+LLMOPS_EVAL_EXPERIMENT = "LLMOPS_EVAL_EXPERIMENT"
+LLMOPS_EVAL_PASS_THRESHOLD = "LLMOPS_EVAL_PASS_THRESHOLD"
+LLMOPS_EVAL_TOLERANCE = "LLMOPS_EVAL_TOLERANCE"
 DAGSTER_HOME = "DAGSTER_HOME"
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 DEFAULT_DEMO_EXPERIMENT = "llmops-demo"
 
@@ -44,10 +51,25 @@ def apply_defaults() -> dict[str, str]:
     os.environ.setdefault(LLMOPS_TRACE_SOURCE, "auto")
     os.environ.setdefault(LLMOPS_DEMO_EXPERIMENT, DEFAULT_DEMO_EXPERIMENT)
     os.environ.setdefault(LLMOPS_REPORTS_DIR, str(home / "reports"))
+    os.environ.setdefault(LLMOPS_PROMPTS_DIR, str(PROJECT_DIR / "prompts"))
+    os.environ.setdefault(LLMOPS_EVALS_DIR, str(PROJECT_DIR / "evals"))
+    os.environ.setdefault(LLMOPS_EVAL_EXPERIMENT, "llmops-evals")
     return {
         name: os.environ[name]
-        for name in (LLMOPS_HOME, MLFLOW_TRACKING_URI, LLMOPS_DUCKDB_PATH, LLMOPS_TRACE_SOURCE, LLMOPS_REPORTS_DIR)
+        for name in (LLMOPS_HOME, MLFLOW_TRACKING_URI, LLMOPS_DUCKDB_PATH, LLMOPS_TRACE_SOURCE, LLMOPS_REPORTS_DIR,
+                     LLMOPS_PROMPTS_DIR, LLMOPS_EVALS_DIR, LLMOPS_EVAL_EXPERIMENT)
     }
+
+
+def env_float(name: str, default: float) -> float:
+    """A number from the environment; a value that is not one is an error naming the variable."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, not {raw!r}") from None
 
 
 def ensure_dagster_home() -> Path:

@@ -117,6 +117,31 @@ MIGRATIONS: list[str] = [
     UPDATE assessments SET trace_timestamp_ms = traces.timestamp_ms
     FROM traces WHERE traces.trace_id = assessments.trace_id;
     """,
+    # 3: evaluation history of prompt versions (group `evals`), so pass rates can be trended with SQL.
+    """
+    CREATE TABLE eval_runs (
+        eval_run_id VARCHAR NOT NULL,             -- the MLflow run of mlflow.genai.evaluate
+        suite VARCHAR NOT NULL,
+        role VARCHAR NOT NULL,                    -- candidate | production
+        prompt_versions VARCHAR NOT NULL,         -- JSON {prompt name: version}
+        dataset_digest VARCHAR NOT NULL,
+        examples INTEGER NOT NULL,
+        passed_examples INTEGER NOT NULL,
+        overall_pass_rate DOUBLE NOT NULL,
+        gate VARCHAR,                             -- passed | failed for candidates, NULL for baselines
+        evaluated_at TIMESTAMP NOT NULL,          -- UTC
+        dagster_run_id VARCHAR
+    );
+    CREATE TABLE eval_results (
+        eval_run_id VARCHAR NOT NULL,
+        example_id VARCHAR NOT NULL,
+        scorer VARCHAR NOT NULL,
+        passed BOOLEAN,                           -- NULL: the scorer does not apply to the example
+        rationale VARCHAR,
+        error VARCHAR,
+        trace_id VARCHAR
+    );
+    """,
 ]
 
 CONTRACT_TABLES = ("traces", "spans", "trace_tags", "trace_metadata", "assessments")
@@ -217,6 +242,19 @@ class WarehouseResource(dg.ConfigurableResource):
             )
         con = retry_while_locked(lambda: duckdb.connect(self.path, read_only=read_only), self.lock_timeout_s)
         try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def migrated(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A write connection on the warehouse with its schema brought up to date (created if missing)."""
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect()
+        try:
+            attach(con, self.path, "warehouse", self.lock_timeout_s)
+            migrate(con, catalog="warehouse")
+            con.execute("USE warehouse")
             yield con
         finally:
             con.close()

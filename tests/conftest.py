@@ -12,6 +12,7 @@ os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"  # feedback is logged 
 import mlflow  # noqa: E402
 import pytest  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import AssessmentSource, AssessmentSourceType  # noqa: E402
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # noqa: E402
 
@@ -19,6 +20,7 @@ from assets.traces.extract import extract_traces  # noqa: E402
 from resources.agent.traffic import seed_demo  # noqa: E402
 from resources.trace_sources import SqlTrackingStore  # noqa: E402
 
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 HOSTILE_TAGS = {
     "note": "it's a \"quoted\" value; DROP TABLE traces; --",
     "sql": "' OR 1=1 --",
@@ -80,3 +82,17 @@ def warehouse(seeded_store: Store, tmp_path_factory) -> sa.Engine:
 def mlflow_store(seeded_store: Store, tmp_path_factory) -> SqlAlchemyStore:
     """MLflow's own store over the seeded database: the oracle for the insights numbers."""
     return SqlAlchemyStore(seeded_store.uri, str(tmp_path_factory.mktemp("artifacts")))
+
+
+@pytest.fixture(scope="session")
+def empty_store_file(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with MLflow's migrations applied, copied by each test (migrations take seconds)."""
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new))

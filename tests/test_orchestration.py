@@ -27,9 +27,11 @@ def test_definitions_load_with_every_asset_in_its_group():
     graph = defs.resolve_asset_graph()
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups == {**dict.fromkeys(CONTRACT_TABLES, "traces"),
-                      **dict.fromkeys(["insights_rollups", "root_causes", "insights_report"], "insights")}
+                      **dict.fromkeys(["insights_rollups", "root_causes", "insights_report"], "insights"),
+                      "prompt_registry": "prompts", "prompt_production": "prompts", "prompt_evals": "evals"}
     assert all(graph.get(key).description for key in graph.get_all_asset_keys())
-    assert {job.name for job in defs.jobs} >= {"main", "warehouse_refresh"}
+    assert {job.name for job in defs.jobs} >= {"main", "warehouse_refresh", "prompt_release", "prompt_rollback"}
+    assert [s.name for s in defs.sensors] == ["prompt_files_sensor"]
 
 
 def test_materialize_writes_warehouse_and_passes_checks(seeded_store: Store, warehouse_path: str):
@@ -91,7 +93,8 @@ def test_dagster_cli_materializes_traces_group_from_env(seeded_store: Store, tmp
         assert con.execute("SELECT count(*) FROM traces").fetchone()[0] == len(seeded_store.trace_ids)
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["seed-demo"], ["extract"], ["config"], ["ui"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["seed-demo"], ["extract"], ["config"], ["ui"], ["serve"],
+                                     ["release-prompts"], ["rollback-prompts"]])
 def test_every_command_has_help(command: list[str]):
     done = subprocess.run([*LLMOPS, *command, "--help"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -108,6 +111,7 @@ def test_demo_command_seeds_materializes_and_reports(tmp_path: Path):
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM traces").fetchone()[0] == 12
     assert (home / "dagster" / "dagster.yaml").exists()
+    assert "support_system v1 (candidate, production)" in done.stdout  # the demo's prompts were synced, evaluated, promoted
     # A second run reuses the store instead of seeding again.
     again = subprocess.run([*LLMOPS, "demo", "--traces", "12"], cwd=PROJECT_DIR, env=_env(tmp_path),
                            capture_output=True, text=True, timeout=600)
@@ -155,7 +159,7 @@ def test_dagster_webserver_lists_every_asset(tmp_path: Path):
         nodes = json.load(urllib.request.urlopen(request, timeout=60))["data"]["assetNodes"]
         assert {(n["assetKey"]["path"][0], n["groupName"]) for n in nodes} == {(t, "traces") for t in CONTRACT_TABLES} | {
             (name, "insights") for name in ("insights_rollups", "root_causes", "insights_report")
-        }
+        } | {("prompt_registry", "prompts"), ("prompt_production", "prompts"), ("prompt_evals", "evals")}
     finally:
         server.terminate()
         server.wait(timeout=60)

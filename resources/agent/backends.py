@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,8 +37,18 @@ def _count_tokens(text: str) -> int:
     return max(1, round(len(text.split()) * 4 / 3))
 
 
+NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8}
+SENTENCE_LIMIT = re.compile(r"at most (\d+|" + "|".join(NUMBER_WORDS) + r") sentences?", re.IGNORECASE)
+ARTICLE = re.compile(r"\[(kb-\d+)\]")
+
+
 class OfflineBackend:
-    """Deterministic answers with realistic token counts: the same messages always give the same reply."""
+    """Deterministic answers with realistic token counts: the same messages always give the same reply.
+
+    Like an instruction-following model it obeys two things a system prompt may say: "at most N sentences"
+    caps the answer's sentences, and "cite" adds "Source: kb-NNN" for the first article in the user's context.
+    So editing a prompt changes what the evaluation measures, offline.
+    """
 
     model = "offline-demo-llm"
     provider = "llmops-offline"
@@ -52,10 +63,16 @@ class OfflineBackend:
         prompt = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
         digest = int(hashlib.sha256(prompt.encode()).hexdigest(), 16)
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        topic = " ".join(question.split()[:8]).rstrip("?.!")
-        sentences = 1 + digest % 3
+        system = " ".join(m["content"] for m in messages if m["role"] == "system")
+        topic = " ".join(question.split("\n")[0].split()[:8]).rstrip("?.!")
+        sentences = 1 + digest % 5
+        if limit := SENTENCE_LIMIT.search(system):
+            word = limit.group(1).lower()
+            sentences = min(sentences, int(word) if word.isdigit() else NUMBER_WORDS[word])
         body = ". ".join(f"Point {i + 1} about {topic}" for i in range(sentences))
         text = f"{self._openers[digest % len(self._openers)]}: {body}."
+        if "cite" in system.lower() and (article := ARTICLE.search(question)):
+            text += f" Source: {article.group(1)}."
         words = text.split()[: max(1, max_tokens * 3 // 4)]
         text = " ".join(words)
         return ChatResult(text, self.model, self.provider, _count_tokens(prompt), _count_tokens(text))

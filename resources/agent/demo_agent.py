@@ -17,11 +17,7 @@ from mlflow.entities import SpanStatusCode, SpanType
 from mlflow.tracing.trace_manager import InMemoryTraceManager
 
 from resources.agent.backends import LLMBackend
-
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a concise support assistant for an analytics product. Answer in at most three sentences, "
-    "cite the knowledge-base article you used, and say so when a tool failed."
-)
+from resources.agent.prompts import PRODUCT, AgentPrompts, render
 
 KNOWLEDGE_BASE = {
     "kb-101": "Dashboards refresh every hour; a manual refresh is under the dashboard's menu.",
@@ -80,9 +76,10 @@ class AgentRun:
 
 
 class DemoAgent:
-    def __init__(self, backend: LLMBackend, system_prompt: str = DEFAULT_SYSTEM_PROMPT):
+    def __init__(self, backend: LLMBackend, prompts: AgentPrompts | None = None):
         self.backend = backend
-        self.system_prompt = system_prompt
+        self.prompts = prompts or AgentPrompts.from_files()
+        self.system_prompt = render(self.prompts.system, product=PRODUCT)
 
     def run(self, question: str, tools: tuple[str, ...] = (), rng: random.Random | None = None) -> AgentRun:
         rng = rng or random.Random(question)
@@ -97,11 +94,9 @@ class DemoAgent:
             tool_notes.append(f"{tool}: {'failed (' + step.error + ')' if step.error else step.outputs}")
         if any(s.error for s in steps) and rng.random() < 0.6:
             return AgentRun(question, "", steps, failed=True)  # the agent gives up: an ERROR trace
-        context = "; ".join(KNOWLEDGE_BASE[d] for d in steps[0].outputs)
-        messages = [
-            {"role": "system", "content": self.system_prompt},
-            {"role": "user", "content": f"{question}\nContext: {context}\nTools: {'; '.join(tool_notes) or 'none'}"},
-        ]
+        context = " ".join(f"[{d}] {KNOWLEDGE_BASE[d]}" for d in steps[0].outputs)
+        user = render(self.prompts.answer, question=question, context=context, tools="; ".join(tool_notes) or "none")
+        messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": user}]
         reply = self._chat("respond", messages, rng)
         steps.append(reply)
         return AgentRun(question, reply.outputs["content"], steps, failed=False)
@@ -112,7 +107,9 @@ class DemoAgent:
         return Step("kb.search", SpanType.RETRIEVER, {"query": question}, ranked[:2], rng.uniform(20, 80))
 
     def _chat(self, name: str, messages: list[dict[str, str]], rng: random.Random) -> Step:
-        result = self.backend.chat(messages)
+        parameters = self.prompts.model_parameters
+        result = self.backend.chat(messages, max_tokens=parameters.get("max_tokens", 256),
+                                   temperature=parameters.get("temperature", 0.0))
         usage = {
             "input_tokens": result.input_tokens,
             "output_tokens": result.output_tokens,

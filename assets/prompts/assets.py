@@ -1,0 +1,175 @@
+"""Group `prompts`: prompt files synced into MLflow's Prompt Registry, and the `production` alias that
+evaluations justify (promotion) or a rollback restores."""
+
+from typing import Literal
+
+import dagster as dg
+from mlflow import MlflowClient
+from pydantic import Field
+
+from assets.evals.runner import (
+    BASELINE_METRIC,
+    CANDIDATE_ROLE,
+    DAGSTER_RUN_TAG,
+    GATE_TAG,
+    PROMPT_TAG_PREFIX,
+    ROLE_TAG,
+    SUITE_TAG,
+)
+from assets.prompts.files import PromptFileError, load_prompt_files
+from assets.prompts.registry import (
+    BASELINE_RATE_TAG,
+    CANDIDATE,
+    EVAL_RUN_TAG,
+    PASS_RATE_TAG,
+    PRODUCTION,
+    PROMOTED_AT,
+    PROMOTED_BY,
+    ROLLED_BACK_AT,
+    RegistryError,
+    history_rows,
+    promote,
+    prompt_state,
+    rollback,
+    sync_prompts,
+)
+from assets.traces.quality import markdown_table
+from resources.agent.prompts import ANSWER, SYSTEM
+from resources.mlflow import MlflowResource
+from resources.settings import mask_uri, scrub
+from resources.user_files import UserFilesResource
+
+AGENT_PROMPTS = (SYSTEM, ANSWER)  # what the evaluated demo agent loads; promotion moves these together
+COMMON = dict(group_name="prompts", owners=["team:llmops-platform"])
+
+
+def registry_failure(exc: Exception, mlflow: MlflowResource) -> dg.Failure:
+    """An MLflow error as a run failure that names the store (password masked) and changes nothing more."""
+    uri = mlflow.tracking_uri
+    return dg.Failure(description=f"MLflow at {mask_uri(uri)} failed: {scrub(str(exc), uri)[:2000]}")
+
+
+@dg.asset(
+    **COMMON, kinds={"mlflow", "yaml"},
+    description="Prompt files (prompts/*.yaml) validated, then registered in MLflow's Prompt Registry when their "
+    "content hash changed; the `candidate` alias points at the version holding each file's current content.",
+)
+def prompt_registry(context: dg.AssetExecutionContext, mlflow: MlflowResource,
+                    user_files: UserFilesResource) -> dg.MaterializeResult:
+    try:
+        prompts = load_prompt_files(user_files.prompts)  # all files valid, or nothing is registered
+    except PromptFileError as exc:
+        raise dg.Failure(description=str(exc), metadata={"problems": [str(p) for p in exc.problems]}) from None
+    client = mlflow.client()
+    try:
+        synced = sync_prompts(client, prompts, user_files.prompts)
+        states = {s.name: prompt_state(client, s.name) for s in synced}
+    except Exception as exc:
+        raise registry_failure(exc, mlflow) from exc
+    for s in synced:
+        context.log.info(f"{s.name}: {'registered version' if s.created else 'unchanged at version'} {s.version}")
+    metadata = {
+        "prompts": dg.MetadataValue.int(len(synced)),
+        "new_versions": dg.MetadataValue.int(sum(s.created for s in synced)),
+        "candidates": dg.MetadataValue.md(markdown_table(
+            ["prompt", "candidate", "new", "production", "file"],
+            [(s.name, s.version, "yes" if s.created else "", getattr(states[s.name].alias(PRODUCTION), "version", ""),
+              s.source) for s in synced])),
+    }
+    for name, state in states.items():
+        metadata[f"history_{name}"] = dg.MetadataValue.md(markdown_table(
+            ["version", "aliases", "hash", "created (UTC)", "file", "commit"], history_rows(state)))
+    return dg.MaterializeResult(metadata=metadata)
+
+
+class ProductionConfig(dg.Config):
+    action: Literal["promote", "rollback"] = Field(
+        default="promote", description="promote: move `production` to the candidates a passing evaluation "
+        "justified; rollback: move it back to the versions the last promotion replaced.")
+
+
+def passing_evaluation(client: MlflowClient, experiment_id: str, versions: dict[str, int]) -> list:
+    """The candidate runs of the latest evaluation that passed the gate for exactly these prompt versions."""
+    filters = [f"tags.`{ROLE_TAG}` = '{CANDIDATE_ROLE}'", f"tags.`{GATE_TAG}` = 'passed'"]
+    filters += [f"tags.`{PROMPT_TAG_PREFIX}{name}` = '{version}'" for name, version in versions.items()]
+    runs = client.search_runs([experiment_id], " AND ".join(filters), order_by=["attributes.start_time DESC"],
+                              max_results=50)
+    if not runs:
+        return []
+    latest = runs[0].data.tags.get(DAGSTER_RUN_TAG)
+    return [r for r in runs if r.data.tags.get(DAGSTER_RUN_TAG) == latest]
+
+
+def _promote_candidates(context, client: MlflowClient, eval_experiment: str) -> list[tuple]:
+    candidates = {name: int(client.get_prompt_version_by_alias(name, CANDIDATE).version) for name in AGENT_PROMPTS}
+    experiment = client.get_experiment_by_name(eval_experiment)
+    runs = passing_evaluation(client, experiment.experiment_id, candidates) if experiment else []
+    if not runs:
+        raise dg.Failure(description=f"No evaluation passed the gate for the candidate versions {candidates}: "
+                         "materialize prompt_evals first (the prompt_release job does both).")
+    evidence = {
+        EVAL_RUN_TAG: ",".join(r.info.run_id for r in runs),
+        PASS_RATE_TAG: ",".join(f"{r.data.tags[SUITE_TAG]}={r.data.metrics['overall_pass_rate']:.4f}" for r in runs),
+        PROMOTED_BY: f"dagster run {context.run_id}",
+    }
+    if baselines := [f"{r.data.tags[SUITE_TAG]}={r.data.metrics[BASELINE_METRIC]:.4f}" for r in runs
+                     if BASELINE_METRIC in r.data.metrics]:
+        evidence[BASELINE_RATE_TAG] = ",".join(baselines)
+    rows = []
+    for name, version in candidates.items():
+        state = prompt_state(client, name)
+        current = state.alias(PRODUCTION)
+        if current is not None and int(current.version) == version:
+            rows.append((name, version, version, "already production"))
+            continue
+        if ROLLED_BACK_AT in (state.version(version).tags or {}):
+            rows.append((name, getattr(current, "version", ""), version,
+                         "not promoted: this version was rolled back; edit the prompt file to release a new one"))
+            continue
+        previous = promote(client, name, version, evidence)
+        context.log.info(f"{name}: production {previous} -> {version}")
+        rows.append((name, version, previous or "", "promoted"))
+    return rows
+
+
+def _roll_back(context, client: MlflowClient) -> list[tuple]:
+    productions = {name: prompt_state(client, name).alias(PRODUCTION) for name in AGENT_PROMPTS}
+    promoted = {name: v for name, v in productions.items() if v is not None and PROMOTED_AT in (v.tags or {})}
+    if not promoted:
+        raise dg.Failure(description=f"Nothing to roll back: no promoted production version of {list(AGENT_PROMPTS)}.")
+    last = max(promoted.values(), key=lambda v: int(v.tags[PROMOTED_AT])).tags.get(PROMOTED_BY)
+    rows = []
+    for name, version in promoted.items():
+        if version.tags.get(PROMOTED_BY) != last:
+            continue  # moved by an earlier promotion than the one being undone
+        try:
+            old, new = rollback(client, name)
+        except RegistryError as exc:
+            raise dg.Failure(description=str(exc)) from None
+        context.log.info(f"{name}: production {old} -> {new} (rolled back)")
+        rows.append((name, new, old, "rolled back"))
+    return rows
+
+
+@dg.asset(
+    **COMMON, deps=["prompt_evals"], kinds={"mlflow"},
+    description="The `production` alias of the agent's prompts: moved to the candidates when their evaluation "
+    "passed the gate (evidence recorded as version tags), or back to the previous versions by prompt_rollback.",
+)
+def prompt_production(context: dg.AssetExecutionContext, config: ProductionConfig,
+                      mlflow: MlflowResource) -> dg.MaterializeResult:
+    client = mlflow.client()
+    try:
+        if config.action == "rollback":
+            rows = _roll_back(context, client)
+        else:
+            rows = _promote_candidates(context, client, mlflow.eval_experiment)
+    except dg.Failure:
+        raise
+    except Exception as exc:
+        raise registry_failure(exc, mlflow) from exc
+    return dg.MaterializeResult(metadata={
+        "action": config.action,
+        "changed": dg.MetadataValue.int(sum(r[3] in ("promoted", "rolled back") for r in rows)),
+        "production": dg.MetadataValue.md(markdown_table(["prompt", "production", "before", "what happened"], rows)),
+    })

@@ -1,0 +1,183 @@
+"""Prompt files in MLflow's Prompt Registry: sync by content hash, aliases, promotion with evidence, rollback.
+
+Aliases: `candidate` is the version holding the prompt file's current content (moved by each sync that
+registers a version); `production` is what serves, moved only by a promotion that an evaluation justified,
+or by a rollback. MLflow registers a new version even for identical content, so sync compares the file's
+content hash with the latest version's `llmops.content_hash` tag and registers only on change.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities.model_registry.prompt_version import PromptVersion
+from mlflow.exceptions import MlflowException
+
+from assets.prompts.files import LoadedPrompt
+
+CANDIDATE, PRODUCTION = "candidate", "production"
+HASH_TAG, SOURCE_TAG, COMMIT_TAG = "llmops.content_hash", "llmops.source_file", "llmops.git_commit"
+# Evidence written on a version when it is promoted; `previous_production` is what a rollback returns to.
+PROMOTED_AT, PROMOTED_BY, PREVIOUS_PRODUCTION = "llmops.promoted_at", "llmops.promoted_by", "llmops.previous_production"
+EVAL_RUN_TAG, PASS_RATE_TAG, BASELINE_RATE_TAG = "llmops.eval_run_id", "llmops.eval_pass_rate", "llmops.baseline_pass_rate"
+ROLLED_BACK_AT = "llmops.rolled_back_at"
+
+log = logging.getLogger(__name__)
+
+
+class RegistryError(RuntimeError):
+    """The registry is not in a state that allows the requested change; the message says why."""
+
+
+@dataclass
+class SyncedPrompt:
+    name: str
+    version: int
+    created: bool  # a new version was registered by this sync
+    content_hash: str
+    source: str
+
+
+@dataclass
+class PromptState:
+    """A prompt's versions (newest first) and the versions its `candidate` and `production` aliases point at."""
+
+    name: str
+    versions: list[PromptVersion] = field(default_factory=list)
+    aliases: dict[str, int] = field(default_factory=dict)
+
+    def alias(self, alias: str) -> PromptVersion | None:
+        return self.version(self.aliases[alias]) if alias in self.aliases else None
+
+    def version(self, number: int) -> PromptVersion | None:
+        return next((v for v in self.versions if int(v.version) == int(number)), None)
+
+    def aliases_of(self, number: int) -> list[str]:
+        return sorted(alias for alias, version in self.aliases.items() if version == int(number))
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str) -> int | None:
+    try:
+        return int(client.get_prompt_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        if f"alias {alias} not found" in str(exc).lower():
+            return None
+        raise
+
+
+def prompt_state(client: MlflowClient, name: str) -> PromptState:
+    """The prompt's versions and aliases. (MLflow's version search leaves `aliases` empty, so the two aliases
+    the platform manages are looked up one by one.)"""
+    if client.get_prompt(name) is None:
+        return PromptState(name)
+    versions, token = [], None
+    while True:
+        page = client.search_prompt_versions(name, max_results=100, page_token=token)
+        versions += list(page)
+        token = page.token
+        if not token:
+            break
+    aliases = {alias: v for alias in (CANDIDATE, PRODUCTION) if (v := _alias_version(client, name, alias)) is not None}
+    return PromptState(name, sorted(versions, key=lambda v: -int(v.version)), aliases)
+
+
+def git_commit(folder: Path) -> str | None:
+    """The commit of the prompts folder's checkout, with `-dirty` when its files differ from it; None outside git."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None
+    return commit + ("-dirty" if git("status", "--porcelain", "--", ".") else "")
+
+
+def sync_prompt(client: MlflowClient, loaded: LoadedPrompt, commit: str | None) -> SyncedPrompt:
+    """Register the file's content unless the latest version already holds it; point `candidate` at it.
+
+    A version and its alias move together: if the alias cannot be set, the new version is deleted again
+    (and if even that fails, the next sync finds the version by its hash and sets the alias then)."""
+    prompt, content_hash = loaded.prompt, loaded.prompt.content_hash()
+    state = prompt_state(client, prompt.name)
+    latest = state.versions[0] if state.versions else None
+    created = latest is None or (latest.tags or {}).get(HASH_TAG) != content_hash
+    if created:
+        tags = {**prompt.tags, HASH_TAG: content_hash, SOURCE_TAG: loaded.source}
+        if commit:
+            tags[COMMIT_TAG] = commit
+        latest = client.register_prompt(
+            prompt.name, prompt.registry_template(), commit_message=prompt.description or None, tags=tags,
+            model_config=prompt.registry_model_config(),
+        )
+    version = int(latest.version)
+    current = state.alias(CANDIDATE)
+    if created or current is None or int(current.version) != version:
+        try:
+            client.set_prompt_alias(prompt.name, CANDIDATE, version)
+        except Exception:
+            if created:
+                try:
+                    client.delete_prompt_version(prompt.name, str(version))
+                except Exception:  # the next sync repairs it: the version is found by its hash
+                    log.warning("could not delete version %s of %s after the alias failed", version, prompt.name)
+            raise
+    return SyncedPrompt(prompt.name, version, created, content_hash, loaded.source)
+
+
+def sync_prompts(client: MlflowClient, prompts: list[LoadedPrompt], folder: Path) -> list[SyncedPrompt]:
+    commit = git_commit(folder)
+    return [sync_prompt(client, loaded, commit) for loaded in prompts]
+
+
+def promote(client: MlflowClient, name: str, version: int, evidence: dict[str, str]) -> int | None:
+    """Move `production` to `version`, recording the evidence and the version it replaces on the promoted
+    version's tags. Returns the previous production version (None if there was none)."""
+    state = prompt_state(client, name)
+    if state.version(version) is None:
+        raise RegistryError(f"prompt {name!r} has no version {version}")
+    previous = state.alias(PRODUCTION)
+    if previous is not None and int(previous.version) == version:
+        return version
+    tags = {**evidence, PROMOTED_AT: str(int(time.time() * 1000))}
+    if previous is not None:
+        tags[PREVIOUS_PRODUCTION] = str(previous.version)
+    for key, value in tags.items():
+        client.set_prompt_version_tag(name, version, key, value)
+    client.set_prompt_alias(name, PRODUCTION, version)  # the commit point: evidence first, then the alias
+    return int(previous.version) if previous is not None else None
+
+
+def rollback(client: MlflowClient, name: str) -> tuple[int, int]:
+    """Move `production` back to the version the current one replaced. Returns (from, to)."""
+    state = prompt_state(client, name)
+    current = state.alias(PRODUCTION)
+    if current is None:
+        raise RegistryError(f"prompt {name!r} has no production version to roll back")
+    previous = (current.tags or {}).get(PREVIOUS_PRODUCTION)
+    if not previous or state.version(int(previous)) is None:
+        raise RegistryError(
+            f"prompt {name!r}: production version {current.version} records no earlier production version"
+        )
+    client.set_prompt_version_tag(name, current.version, ROLLED_BACK_AT, str(int(time.time() * 1000)))
+    client.set_prompt_alias(name, PRODUCTION, int(previous))
+    return int(current.version), int(previous)
+
+
+def history_rows(state: PromptState, limit: int = 10) -> list[tuple]:
+    """(version, aliases, hash, created, source, commit) for the newest versions: the asset's preview."""
+    rows = []
+    for v in state.versions[:limit]:
+        tags = v.tags or {}
+        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime((v.creation_timestamp or 0) / 1000))
+        rows.append((v.version, ", ".join(state.aliases_of(v.version)), tags.get(HASH_TAG, "")[:12], created,
+                     tags.get(SOURCE_TAG, ""), (tags.get(COMMIT_TAG) or "")[:12]))
+    return rows
