@@ -72,3 +72,21 @@ def read_model(path: Path, shown: str, model: type[M]) -> tuple[M | None, yaml.N
 
 def files_in(folder: Path, patterns: tuple[str, ...]) -> list[Path]:
     return sorted(path for pattern in patterns for path in Path(folder).glob(pattern))
+
+
+def read_folder(folder: Path, patterns: tuple[str, ...], model: type[M],
+                missing: str) -> tuple[list[tuple[str, M, yaml.Node]], list[Problem]]:
+    """Every file of `folder` matching `patterns` read into `model`: ([(file, value, YAML tree)], problems).
+    Files are named relative to the folder's parent (`prompts/a.yaml`); `missing` is the problem when none exist."""
+    folder = Path(folder)
+    paths = files_in(folder, patterns) if folder.is_dir() else []
+    if not paths:
+        return [], [Problem(str(folder), 0, missing)]
+    parsed, problems = [], []
+    for path in paths:
+        shown = str(path.relative_to(folder.parent))
+        value, node, found = read_model(path, shown, model)
+        problems += found
+        if value is not None:
+            parsed.append((shown, value, node))
+    return parsed, problems

@@ -70,6 +70,10 @@ def test_release_gates_promotes_with_evidence_and_rolls_back(project: dict):
         assert eval_run.data.metrics["overall_pass_rate"] == 0.9
         assert evidence[PASS_RATE_TAG] == "support_agent_eval=0.9000"
         assert evidence[PROMOTED_BY] == f"dagster run {first.run_id}"
+        assert eval_run.data.tags["llmops.note"].startswith("LLM-judge scorers skipped")
+        assert eval_run.data.metrics["sentence_count/mean"] == 0.9 and eval_run.data.params["prompt.support_system"] == "1"
+        history = first.asset_materializations_for_node("prompt_registry")[0].metadata["history_support_system"].value
+        assert "| 1 | candidate |" in history
 
         # 2. a candidate that drops the sentence limit fails the gate: production stays, failures are named
         edit(prompts, "Answer in at most three sentences,", "Answer in detail,")
@@ -80,6 +84,8 @@ def test_release_gates_promotes_with_evidence_and_rolls_back(project: dict):
         assert not failing.asset_materializations_for_node("prompt_production")  # blocked by the gate
         assert production(client) == {"support_system": 1, "support_answer": 1}
         assert client.get_prompt_version_by_alias("support_system", "candidate").version == 2
+        history = failing.asset_materializations_for_node("prompt_registry")[0].metadata["history_support_system"].value
+        assert "| 2 | candidate |" in history and "| 1 | production |" in history
 
         # 3. a passing edit is promoted, recording what it replaced and the eval that justified it
         edit(prompts, "Answer in detail,", "Answer in at most two sentences,")
@@ -111,6 +117,23 @@ def test_release_gates_promotes_with_evidence_and_rolls_back(project: dict):
     ]
     assert json.loads(runs[1][3]) == {"support_system": 2, "support_answer": 1} and runs[1][2] < 0.8
     assert scored == (7 * 10 * 5, 7)  # every example x every code scorer of every evaluation
+
+
+def test_suite_is_an_mlflow_dataset_holding_exactly_the_files_examples(project: dict):
+    from mlflow.genai.datasets import search_datasets
+
+    evals = Path(project["user_files"].evals_dir) / "support_agent.yaml"
+    with dg.instance_for_test() as instance:
+        dg.materialize([defs.get_assets_def("prompt_registry"), defs.get_assets_def("prompt_evals")],
+                       resources=project, instance=instance)
+        edit(evals, "  - id: billing\n    inputs: {question: \"Is billing monthly per seat?\"}\n"
+             "    expectations: {expected_source: kb-105, max_sentences: 3}\n    tags: {persona: new_user}\n", "")
+        second = dg.materialize([defs.get_assets_def("prompt_evals")], resources=project, instance=instance)
+    experiment = project["mlflow"].client().get_experiment_by_name("evals-under-test")
+    (dataset,) = search_datasets(experiment_ids=[experiment.experiment_id], filter_string="name = 'support_agent_eval'")
+    records = dataset.to_df()
+    assert len(records) == 9 and "billing" not in {tags["example_id"] for tags in records["tags"]}
+    assert "| 8/9 |" in second.asset_materializations_for_node("prompt_evals")[0].metadata["pass_rates"].value
 
 
 def test_promotion_needs_a_passing_evaluation(project: dict):

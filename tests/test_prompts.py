@@ -16,9 +16,12 @@ from assets.prompts.registry import (
     CANDIDATE,
     COMMIT_TAG,
     HASH_TAG,
+    PRODUCTION,
     SOURCE_TAG,
     git_commit,
+    promote_together,
     prompt_state,
+    rollback_last_promotion,
     sync_prompts,
 )
 from resources.mlflow import MlflowResource
@@ -98,6 +101,35 @@ def test_a_version_and_its_alias_move_together(registry: MlflowClient, prompts_d
     candidate = registry.get_prompt_version_by_alias("support_system", CANDIDATE)
     assert synced["support_system"].created and candidate.version == synced["support_system"].version
     assert "brief" in candidate.template
+
+
+class SecondPromotionFails(MlflowClient):
+    """A real client that loses the server when moving the second prompt's production alias."""
+
+    def set_prompt_alias(self, name, alias, version):
+        if (name, alias) == ("support_answer", PRODUCTION):
+            raise ConnectionError("tracking server went away")
+        return super().set_prompt_alias(name, alias, version)
+
+
+def test_prompts_evaluated_together_are_promoted_together_or_not_at_all(registry: MlflowClient, prompts_dir: Path):
+    def production() -> dict[str, int]:
+        return {name: prompt_state(registry, name).aliases.get(PRODUCTION) for name in ("support_system", "support_answer")}
+
+    sync_prompts(registry, load_prompt_files(prompts_dir), prompts_dir)
+    promote_together(registry, {"support_system": 1, "support_answer": 1}, {"llmops.eval_run_id": "first"})
+    edit(prompts_dir / "support_system.yaml", "concise", "brief")
+    edit(prompts_dir / "support_answer.yaml", "Tools:", "Tool results:")
+    sync_prompts(registry, load_prompt_files(prompts_dir), prompts_dir)
+    with pytest.raises(ConnectionError):
+        promote_together(SecondPromotionFails(registry.tracking_uri), {"support_system": 2, "support_answer": 2}, {})
+    assert production() == {"support_system": 1, "support_answer": 1}  # the first move was undone
+    rows = promote_together(registry, {"support_system": 2, "support_answer": 2}, {"llmops.eval_run_id": "second"})
+    assert [r[3] for r in rows] == ["promoted", "promoted"] and production() == {"support_system": 2, "support_answer": 2}
+    assert registry.get_prompt_version("support_answer", 2).tags["llmops.eval_run_id"] == "second"
+    assert rollback_last_promotion(registry, ["support_system", "support_answer"]) == [
+        ("support_system", 1, 2, "rolled back"), ("support_answer", 1, 2, "rolled back")]
+    assert production() == {"support_system": 1, "support_answer": 1}
 
 
 def test_git_commit_is_recorded_when_known():

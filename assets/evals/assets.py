@@ -14,13 +14,14 @@ from assets.evals.runner import (
     CANDIDATE_ROLE,
     DAGSTER_RUN_TAG,
     GATE_TAG,
+    NOTE_TAG,
     PRODUCTION_ROLE,
     EvalOutcome,
     decide,
     run_suite,
 )
 from assets.evals.scorers import CODE_SCORERS, LLMOPS_JUDGE_ENDPOINT, judge_scorers
-from assets.prompts.assets import AGENT_PROMPTS, registry_failure
+from assets.prompts.assets import AGENT_PROMPTS, run_failures
 from assets.prompts.registry import CANDIDATE, PRODUCTION, prompt_state
 from assets.traces.quality import markdown_table
 from resources.agent.backends import backend_from_env
@@ -82,14 +83,14 @@ def prompt_evals(context: dg.AssetExecutionContext, config: EvalConfig, mlflow: 
     if note:
         context.log.info(note)
     scorers, backend = [*CODE_SCORERS, *judges], backend_from_env()
-    try:
+    with run_failures(mlflow):
         candidate = AgentPrompts.from_registry(client, CANDIDATE)
         baseline = baseline_prompts(client)
         if baseline is not None and baseline.versions == candidate.versions:
             baseline = None
         mlflow.make_current()
         experiment_id = mlflow_lib.set_experiment(mlflow.eval_experiment).experiment_id
-        tags = {DAGSTER_RUN_TAG: context.run_id}
+        tags = {DAGSTER_RUN_TAG: context.run_id} | ({NOTE_TAG: note} if note else {})
         candidates, baselines = [], {}
         for loaded in suites:
             dataset = register_dataset(loaded.suite, experiment_id)
@@ -106,12 +107,6 @@ def prompt_evals(context: dg.AssetExecutionContext, config: EvalConfig, mlflow: 
             client.set_tag(outcome.run_id, GATE_TAG, verdict)
             if outcome.suite in baselines:
                 client.log_metric(outcome.run_id, BASELINE_METRIC, baselines[outcome.suite].overall_pass_rate)
-    except LookupError as exc:
-        raise dg.Failure(description=str(exc)) from None
-    except dg.Failure:
-        raise
-    except Exception as exc:
-        raise registry_failure(exc, mlflow) from exc
     every = candidates + list(baselines.values())
     with warehouse.migrated() as con:
         written = write_eval_results(con, every, {o.run_id: verdict for o in candidates}, context.run_id)

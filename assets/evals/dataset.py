@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from assets.prompts.files import NAME
-from assets.yaml_files import InvalidFilesError, Problem, files_in, line_of, read_model
+from assets.yaml_files import InvalidFilesError, Problem, line_of, read_folder
 from resources.agent.demo_agent import TOOLS
 
 PATTERNS = ("*.yaml", "*.yml", "*.json")
@@ -80,17 +80,9 @@ class LoadedSuite:
 
 def load_eval_suites(folder: Path) -> list[LoadedSuite]:
     """Every suite in `folder`, validated (unique suite names, unique example ids and inputs)."""
-    folder = Path(folder)
-    paths = files_in(folder, PATTERNS) if folder.is_dir() else []
-    if not paths:
-        raise EvalFileError([Problem(str(folder), 0, "no eval suites (*.yaml, *.json) found (set LLMOPS_EVALS_DIR)")])
-    loaded, problems, names = [], [], {}
-    for path in paths:
-        shown = str(path.relative_to(folder.parent))
-        suite, node, found = read_model(path, shown, EvalSuite)
-        problems += found
-        if suite is None:
-            continue
+    parsed, problems = read_folder(folder, PATTERNS, EvalSuite, "no eval suites (*.yaml, *.json) (set LLMOPS_EVALS_DIR)")
+    loaded, names = [], {}
+    for shown, suite, node in parsed:
         seen_ids, seen_inputs = set(), set()
         for index, example in enumerate(suite.examples):
             inputs = json.dumps(example.inputs.model_dump(), sort_keys=True)

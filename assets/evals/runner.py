@@ -23,8 +23,8 @@ from resources.agent.prompts import AgentPrompts
 CANDIDATE_ROLE, PRODUCTION_ROLE = "candidate", "production"
 PROMPT_TAG_PREFIX = "llmops.prompt."
 BASELINE_METRIC = "baseline_pass_rate"  # on a candidate run: the production versions' rate on the same suite
-ROLE_TAG, SUITE_TAG, GATE_TAG, DIGEST_TAG, DAGSTER_RUN_TAG = (
-    "llmops.role", "llmops.suite", "llmops.gate", "llmops.dataset_digest", "llmops.dagster_run_id")
+ROLE_TAG, SUITE_TAG, GATE_TAG, DIGEST_TAG, DAGSTER_RUN_TAG, NOTE_TAG = (
+    "llmops.role", "llmops.suite", "llmops.gate", "llmops.dataset_digest", "llmops.dagster_run_id", "llmops.note")
 
 
 @dataclass
@@ -93,7 +93,8 @@ def summarize(table, scorer_names: list[str]) -> tuple[list[ScorerResult], int, 
 
 def run_suite(suite: EvalSuite, dataset, prompts: AgentPrompts, backend: LLMBackend, scorers: list, *,
               role: str, experiment_id: str, tags: dict[str, str]) -> EvalOutcome:
-    """Evaluate the agent with `prompts` on `dataset` (the suite registered in MLflow) in a new run."""
+    """Evaluate the agent with `prompts` on `dataset` (the suite registered in MLflow) in a new run; `tags` may
+    carry a note (`llmops.note`), e.g. that LLM judges were skipped."""
     run_tags = {**tags, ROLE_TAG: role, SUITE_TAG: suite.name, DIGEST_TAG: suite.digest(),
                 **{PROMPT_TAG_PREFIX + name: str(v) for name, v in prompts.versions.items()}}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{suite.name}-{role}", tags=run_tags) as run:

@@ -1,6 +1,8 @@
 """Group `prompts`: prompt files synced into MLflow's Prompt Registry, and the `production` alias that
 evaluations justify (promotion) or a rollback restores."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import dagster as dg
@@ -23,18 +25,16 @@ from assets.prompts.registry import (
     EVAL_RUN_TAG,
     PASS_RATE_TAG,
     PRODUCTION,
-    PROMOTED_AT,
     PROMOTED_BY,
-    ROLLED_BACK_AT,
     RegistryError,
     history_rows,
-    promote,
+    promote_together,
     prompt_state,
-    rollback,
+    rollback_last_promotion,
     sync_prompts,
 )
 from assets.traces.quality import markdown_table
-from resources.agent.prompts import ANSWER, SYSTEM
+from resources.agent.prompts import ANSWER, SYSTEM, PromptNotFound
 from resources.mlflow import MlflowResource
 from resources.settings import mask_uri, scrub
 from resources.user_files import UserFilesResource
@@ -43,10 +43,19 @@ AGENT_PROMPTS = (SYSTEM, ANSWER)  # what the evaluated demo agent loads; promoti
 COMMON = dict(group_name="prompts", owners=["team:llmops-platform"])
 
 
-def registry_failure(exc: Exception, mlflow: MlflowResource) -> dg.Failure:
-    """An MLflow error as a run failure that names the store (password masked) and changes nothing more."""
-    uri = mlflow.tracking_uri
-    return dg.Failure(description=f"MLflow at {mask_uri(uri)} failed: {scrub(str(exc), uri)[:2000]}")
+@contextmanager
+def run_failures(mlflow: MlflowResource) -> Iterator[None]:
+    """Errors as run failures with a plain message: a registry in the wrong state says why; any other MLflow
+    error names the store (password masked)."""
+    try:
+        yield
+    except (RegistryError, PromptNotFound) as exc:
+        raise dg.Failure(description=str(exc)) from None
+    except dg.Failure:
+        raise
+    except Exception as exc:
+        uri = mlflow.tracking_uri
+        raise dg.Failure(description=f"MLflow at {mask_uri(uri)} failed: {scrub(str(exc), uri)[:2000]}") from exc
 
 
 @dg.asset(
@@ -61,11 +70,9 @@ def prompt_registry(context: dg.AssetExecutionContext, mlflow: MlflowResource,
     except PromptFileError as exc:
         raise dg.Failure(description=str(exc), metadata={"problems": [str(p) for p in exc.problems]}) from None
     client = mlflow.client()
-    try:
+    with run_failures(mlflow):
         synced = sync_prompts(client, prompts, user_files.prompts)
         states = {s.name: prompt_state(client, s.name) for s in synced}
-    except Exception as exc:
-        raise registry_failure(exc, mlflow) from exc
     for s in synced:
         context.log.info(f"{s.name}: {'registered version' if s.created else 'unchanged at version'} {s.version}")
     metadata = {
@@ -115,40 +122,7 @@ def _promote_candidates(context, client: MlflowClient, eval_experiment: str) -> 
     if baselines := [f"{r.data.tags[SUITE_TAG]}={r.data.metrics[BASELINE_METRIC]:.4f}" for r in runs
                      if BASELINE_METRIC in r.data.metrics]:
         evidence[BASELINE_RATE_TAG] = ",".join(baselines)
-    rows = []
-    for name, version in candidates.items():
-        state = prompt_state(client, name)
-        current = state.alias(PRODUCTION)
-        if current is not None and int(current.version) == version:
-            rows.append((name, version, version, "already production"))
-            continue
-        if ROLLED_BACK_AT in (state.version(version).tags or {}):
-            rows.append((name, getattr(current, "version", ""), version,
-                         "not promoted: this version was rolled back; edit the prompt file to release a new one"))
-            continue
-        previous = promote(client, name, version, evidence)
-        context.log.info(f"{name}: production {previous} -> {version}")
-        rows.append((name, version, previous or "", "promoted"))
-    return rows
-
-
-def _roll_back(context, client: MlflowClient) -> list[tuple]:
-    productions = {name: prompt_state(client, name).alias(PRODUCTION) for name in AGENT_PROMPTS}
-    promoted = {name: v for name, v in productions.items() if v is not None and PROMOTED_AT in (v.tags or {})}
-    if not promoted:
-        raise dg.Failure(description=f"Nothing to roll back: no promoted production version of {list(AGENT_PROMPTS)}.")
-    last = max(promoted.values(), key=lambda v: int(v.tags[PROMOTED_AT])).tags.get(PROMOTED_BY)
-    rows = []
-    for name, version in promoted.items():
-        if version.tags.get(PROMOTED_BY) != last:
-            continue  # moved by an earlier promotion than the one being undone
-        try:
-            old, new = rollback(client, name)
-        except RegistryError as exc:
-            raise dg.Failure(description=str(exc)) from None
-        context.log.info(f"{name}: production {old} -> {new} (rolled back)")
-        rows.append((name, new, old, "rolled back"))
-    return rows
+    return promote_together(client, candidates, evidence)
 
 
 @dg.asset(
@@ -159,15 +133,13 @@ def _roll_back(context, client: MlflowClient) -> list[tuple]:
 def prompt_production(context: dg.AssetExecutionContext, config: ProductionConfig,
                       mlflow: MlflowResource) -> dg.MaterializeResult:
     client = mlflow.client()
-    try:
+    with run_failures(mlflow):
         if config.action == "rollback":
-            rows = _roll_back(context, client)
+            rows = rollback_last_promotion(client, list(AGENT_PROMPTS))
         else:
             rows = _promote_candidates(context, client, mlflow.eval_experiment)
-    except dg.Failure:
-        raise
-    except Exception as exc:
-        raise registry_failure(exc, mlflow) from exc
+    for name, now, before, what in rows:
+        context.log.info(f"{name}: {what} (production {before or 'none'} -> {now or 'none'})")
     return dg.MaterializeResult(metadata={
         "action": config.action,
         "changed": dg.MetadataValue.int(sum(r[3] in ("promoted", "rolled back") for r in rows)),

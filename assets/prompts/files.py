@@ -22,7 +22,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from assets.yaml_files import InvalidFilesError, Problem, files_in, line_of, read_model
+from assets.yaml_files import InvalidFilesError, Problem, files_in, line_of, read_folder
 from resources.agent.prompts import PLACEHOLDER
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"  # also keeps names safe inside MLflow filter strings
@@ -125,19 +125,9 @@ def _problems_in_template(prompt: PromptFile, node: yaml.Node, file: str) -> lis
 
 def load_prompt_files(folder: Path) -> list[LoadedPrompt]:
     """Every `*.yaml`/`*.yml` in `folder`, validated; raises PromptFileError listing every problem found."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PromptFileError([Problem(str(folder), 0, "prompts folder not found (set LLMOPS_PROMPTS_DIR)")])
-    paths = files_in(folder, PATTERNS)
-    if not paths:
-        raise PromptFileError([Problem(str(folder), 0, "no *.yaml prompt files in the folder")])
-    loaded, problems, first_file = [], [], {}
-    for path in paths:
-        shown = str(path.relative_to(folder.parent))
-        prompt, node, found = read_model(path, shown, PromptFile)
-        problems += found
-        if prompt is None:
-            continue
+    parsed, problems = read_folder(folder, PATTERNS, PromptFile, "no *.yaml prompt files (set LLMOPS_PROMPTS_DIR)")
+    loaded, first_file = [], {}
+    for shown, prompt, node in parsed:
         problems += _problems_in_template(prompt, node, shown)
         if prompt.name in first_file:
             problems.append(Problem(shown, line_of(node, ("name",)),

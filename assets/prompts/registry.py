@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from assets.prompts.files import LoadedPrompt
 
 CANDIDATE, PRODUCTION = "candidate", "production"
 HASH_TAG, SOURCE_TAG, COMMIT_TAG = "llmops.content_hash", "llmops.source_file", "llmops.git_commit"
-# Evidence written on a version when it is promoted; `previous_production` is what a rollback returns to.
+# Evidence written on a version when it is promoted; `previous_production` is what a rollback returns to, and
+# `promoted_at` (one stamp per promotion) tells which prompts a rollback moves together.
 PROMOTED_AT, PROMOTED_BY, PREVIOUS_PRODUCTION = "llmops.promoted_at", "llmops.promoted_by", "llmops.previous_production"
 EVAL_RUN_TAG, PASS_RATE_TAG, BASELINE_RATE_TAG = "llmops.eval_run_id", "llmops.eval_pass_rate", "llmops.baseline_pass_rate"
 ROLLED_BACK_AT = "llmops.rolled_back_at"
@@ -138,38 +140,80 @@ def sync_prompts(client: MlflowClient, prompts: list[LoadedPrompt], folder: Path
     return [sync_prompt(client, loaded, commit) for loaded in prompts]
 
 
-def promote(client: MlflowClient, name: str, version: int, evidence: dict[str, str]) -> int | None:
-    """Move `production` to `version`, recording the evidence and the version it replaces on the promoted
-    version's tags. Returns the previous production version (None if there was none)."""
-    state = prompt_state(client, name)
-    if state.version(version) is None:
-        raise RegistryError(f"prompt {name!r} has no version {version}")
-    previous = state.alias(PRODUCTION)
-    if previous is not None and int(previous.version) == version:
-        return version
-    tags = {**evidence, PROMOTED_AT: str(int(time.time() * 1000))}
-    if previous is not None:
-        tags[PREVIOUS_PRODUCTION] = str(previous.version)
-    for key, value in tags.items():
-        client.set_prompt_version_tag(name, version, key, value)
-    client.set_prompt_alias(name, PRODUCTION, version)  # the commit point: evidence first, then the alias
-    return int(previous.version) if previous is not None else None
+def _move_production(client: MlflowClient, name: str, version: int | None) -> None:
+    if version is None:
+        client.delete_prompt_alias(name, PRODUCTION)
+    else:
+        client.set_prompt_alias(name, PRODUCTION, version)
 
 
-def rollback(client: MlflowClient, name: str) -> tuple[int, int]:
-    """Move `production` back to the version the current one replaced. Returns (from, to)."""
-    state = prompt_state(client, name)
-    current = state.alias(PRODUCTION)
-    if current is None:
-        raise RegistryError(f"prompt {name!r} has no production version to roll back")
-    previous = (current.tags or {}).get(PREVIOUS_PRODUCTION)
-    if not previous or state.version(int(previous)) is None:
-        raise RegistryError(
-            f"prompt {name!r}: production version {current.version} records no earlier production version"
-        )
-    client.set_prompt_version_tag(name, current.version, ROLLED_BACK_AT, str(int(time.time() * 1000)))
-    client.set_prompt_alias(name, PRODUCTION, int(previous))
-    return int(current.version), int(previous)
+def _all_or_nothing(client: MlflowClient, moves: list[tuple[str, int | None, int]], tag: Callable) -> None:
+    """Move `production` of each (name, from, to), tagging the version first; if a move fails, undo the ones made
+    so far, so the prompts evaluated together are never half promoted."""
+    done: list[tuple[str, int | None]] = []
+    try:
+        for name, before, after in moves:
+            tag(name, before, after)
+            _move_production(client, name, after)  # the commit point: evidence first, then the alias
+            done.append((name, before))
+    except Exception:
+        for name, before in reversed(done):
+            try:
+                _move_production(client, name, before)
+            except Exception:
+                log.warning("could not move production of %s back to %s", name, before)
+        raise
+
+
+def promote_together(client: MlflowClient, versions: dict[str, int], evidence: dict[str, str]) -> list[tuple]:
+    """Move `production` to `versions` (evaluated together), recording the evidence and the version each replaces
+    on the promoted versions' tags. Nothing moves if one of them was rolled back before. Returns rows of
+    (prompt, production now, before, what happened)."""
+    states = {name: prompt_state(client, name) for name in versions}
+    for name, version in versions.items():
+        if states[name].version(version) is None:
+            raise RegistryError(f"prompt {name!r} has no version {version}")
+    current = {name: int(v.version) if (v := states[name].alias(PRODUCTION)) else None for name in versions}
+    rolled_back = [f"{name} v{version}" for name, version in versions.items()
+                   if current[name] != version and ROLLED_BACK_AT in (states[name].version(version).tags or {})]
+    if rolled_back:
+        reason = f"not promoted: {', '.join(rolled_back)} was rolled back; edit the prompt file to release a new version"
+        return [(name, current[name] or "", current[name] or "", reason) for name in versions]
+    moves = [(name, current[name], version) for name, version in versions.items() if current[name] != version]
+    stamp = str(int(time.time() * 1000))
+
+    def tag(name: str, before: int | None, after: int) -> None:
+        tags = {**evidence, PROMOTED_AT: stamp} | ({PREVIOUS_PRODUCTION: str(before)} if before else {})
+        for key, value in tags.items():
+            client.set_prompt_version_tag(name, after, key, value)
+
+    _all_or_nothing(client, moves, tag)
+    moved = {name for name, _, _ in moves}
+    return [(name, version, current[name] or "", "promoted" if name in moved else "already production")
+            for name, version in versions.items()]
+
+
+def rollback_last_promotion(client: MlflowClient, names: list[str]) -> list[tuple]:
+    """Move `production` of the prompts the most recent promotion moved back to what it replaced, together.
+    Returns rows of (prompt, production now, before, what happened)."""
+    productions = {name: prompt_state(client, name).alias(PRODUCTION) for name in names}
+    promoted = {name: v for name, v in productions.items() if v is not None and PROMOTED_AT in (v.tags or {})}
+    if not promoted:
+        raise RegistryError(f"nothing to roll back: no promoted production version of {names}")
+    last = max(promoted.values(), key=lambda v: int(v.tags[PROMOTED_AT])).tags[PROMOTED_AT]
+    moves = []
+    for name, version in promoted.items():
+        if version.tags[PROMOTED_AT] != last:
+            continue  # moved by an earlier promotion than the one being undone
+        previous = version.tags.get(PREVIOUS_PRODUCTION)
+        if not previous:
+            raise RegistryError(f"prompt {name!r}: production version {version.version} records no earlier "
+                                "production version")
+        moves.append((name, int(version.version), int(previous)))
+    stamp = str(int(time.time() * 1000))
+    _all_or_nothing(client, moves, lambda name, before, _after: client.set_prompt_version_tag(
+        name, before, ROLLED_BACK_AT, stamp))
+    return [(name, after, before, "rolled back") for name, before, after in moves]
 
 
 def history_rows(state: PromptState, limit: int = 10) -> list[tuple]:

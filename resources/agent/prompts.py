@@ -26,6 +26,10 @@ def render(template: str, **values: str) -> str:
     return PLACEHOLDER.sub(fill, template)
 
 
+class PromptNotFound(LookupError):
+    """The registry has no version of a prompt the agent needs at the requested alias."""
+
+
 @dataclass(frozen=True)
 class AgentPrompts:
     system: str
@@ -56,7 +60,7 @@ class AgentPrompts:
             try:
                 versions[name] = client.get_prompt_version_by_alias(name, wanted)
             except MlflowException as exc:
-                raise LookupError(f"prompt {name!r} has no version with alias {wanted!r}: sync the prompts first") from exc
+                raise PromptNotFound(f"prompt {name!r} has no version with alias {wanted!r}: sync the prompts first") from exc
         system, answer = versions[SYSTEM], versions[ANSWER]
         return cls(system.template, answer.template, dict(system.model_config or {}),
                    {name: int(v.version) for name, v in versions.items()})
