@@ -51,7 +51,8 @@ def test_migration_2_backfills_trace_time_on_an_existing_warehouse(seeded_store:
         for table, column in (("spans", "trace_timestamp_ms"), ("trace_tags", "experiment_id"),
                               ("trace_tags", "trace_timestamp_ms"), ("assessments", "trace_timestamp_ms")):
             con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
-        con.execute("DELETE FROM _schema_version WHERE version = 2")
+        con.execute("DROP TABLE eval_runs; DROP TABLE eval_results")  # migration 3
+        con.execute("DELETE FROM _schema_version WHERE version >= 2")
     result = extract_traces(SqlTrackingStore(seeded_store.uri), warehouse_path)
     assert result.mode == "unchanged"
     assert_child_rows_carry_their_trace(warehouse_path)

@@ -28,6 +28,7 @@ KNOWLEDGE_BASE = {
     "kb-106": "The SQL editor times out after 10 minutes; schedule long queries as jobs instead.",
 }
 
+TOOL_TIMEOUT_MS = 5000.0
 # name -> (span type, failure probability, typical latency in ms)
 TOOLS: dict[str, tuple[str, float, float]] = {
     "web.fetch": (SpanType.TOOL, 0.25, 900.0),
@@ -131,8 +132,10 @@ class DemoAgent:
         span_type, failure_rate, latency_ms = TOOLS[tool]
         duration = rng.lognormvariate(0, 0.5) * latency_ms
         if rng.random() < failure_rate:
-            error = "TimeoutError: upstream did not answer" if tool == "web.fetch" else f"{tool} failed: bad request"
-            return Step(tool, span_type, {"question": question}, None, duration * 2, error=error)
+            if tool == "web.fetch":  # a timeout takes the whole timeout: errors and slow traces go together
+                error = f"TimeoutError: upstream did not answer within {TOOL_TIMEOUT_MS / 1000:g} s"
+                return Step(tool, span_type, {"question": question}, None, TOOL_TIMEOUT_MS, error=error)
+            return Step(tool, span_type, {"question": question}, None, duration * 2, error=f"{tool} failed: bad request")
         return Step(tool, span_type, {"question": question}, {"result": f"{tool} ok", "rows": rng.randint(1, 50)}, duration)
 
 

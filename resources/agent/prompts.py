@@ -61,6 +61,8 @@ class AgentPrompts:
                 versions[name] = client.get_prompt_version_by_alias(name, wanted)
             except MlflowException as exc:
                 raise PromptNotFound(f"prompt {name!r} has no version with alias {wanted!r}: sync the prompts first") from exc
+        if chat := [name for name, v in versions.items() if not isinstance(v.template, str)]:
+            raise PromptNotFound(f"the demo agent needs text templates, but {chat} hold chat messages")
         system, answer = versions[SYSTEM], versions[ANSWER]
         return cls(system.template, answer.template, dict(system.model_config or {}),
                    {name: int(v.version) for name, v in versions.items()})
