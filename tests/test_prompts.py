@@ -193,5 +193,6 @@ def test_unreachable_tracking_server_fails_clearly(prompts_dir: Path, tmp_path: 
     with dg.instance_for_test() as instance:
         result = dg.materialize([prompt_registry], resources=resources, instance=instance, raise_on_error=False)
     assert not result.success
-    message = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
-    assert "MLflow at http://admin:***@127.0.0.1:9 failed" in message and "s3cret" not in message, message
+    error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    assert "MLflow at http://admin:***@127.0.0.1:9 failed" in error.message, error.message
+    assert "s3cret" not in error.to_string() and "s3cret" not in "".join(error.stack)

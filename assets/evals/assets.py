@@ -45,19 +45,19 @@ class EvalConfig(dg.Config):
         default=None, description=f"Databricks serving endpoint for LLM-judge scorers; default ${LLMOPS_JUDGE_ENDPOINT}.")
 
 
-def baseline_prompts(client) -> AgentPrompts | None:
+def baseline_prompts(client, candidate: AgentPrompts) -> AgentPrompts | None:
     """The agent's production prompts (a prompt never promoted counts at its candidate), or None when that is
     exactly the candidate set, so there is nothing to compare with."""
     productions = {name: prompt_state(client, name).alias(PRODUCTION) for name in AGENT_PROMPTS}
     if all(v is None for v in productions.values()):
         return None
     overrides = {name: CANDIDATE for name, v in productions.items() if v is None}
-    return AgentPrompts.from_registry(client, PRODUCTION, overrides)
+    baseline = AgentPrompts.from_registry(client, PRODUCTION, overrides)
+    return None if baseline.versions == candidate.versions else baseline
 
 
-def _failures_md(outcomes: list[EvalOutcome]) -> str:
-    rows = [(o.suite, f.example_id, f.scorer, (f.error or f.rationale or "")[:120])
-            for o in outcomes if o.role == CANDIDATE_ROLE for f in o.failures()]
+def _failures_md(candidates: list[EvalOutcome]) -> str:
+    rows = [(o.suite, f.example_id, f.scorer, (f.error or f.rationale or "")[:120]) for o in candidates for f in o.failures()]
     return markdown_table(["suite", "example", "scorer", "why"], rows[:50]) if rows else "No scorer failed."
 
 
@@ -85,9 +85,7 @@ def prompt_evals(context: dg.AssetExecutionContext, config: EvalConfig, mlflow: 
     scorers, backend = [*CODE_SCORERS, *judges], backend_from_env()
     with run_failures(mlflow):
         candidate = AgentPrompts.from_registry(client, CANDIDATE)
-        baseline = baseline_prompts(client)
-        if baseline is not None and baseline.versions == candidate.versions:
-            baseline = None
+        baseline = baseline_prompts(client, candidate)
         mlflow.make_current()
         experiment_id = mlflow_lib.set_experiment(mlflow.eval_experiment).experiment_id
         tags = {DAGSTER_RUN_TAG: context.run_id} | ({NOTE_TAG: note} if note else {})

@@ -54,8 +54,8 @@ def run_failures(mlflow: MlflowResource) -> Iterator[None]:
     except dg.Failure:
         raise
     except Exception as exc:
-        uri = mlflow.tracking_uri
-        raise dg.Failure(description=f"MLflow at {mask_uri(uri)} failed: {scrub(str(exc), uri)[:2000]}") from exc
+        uri = mlflow.tracking_uri  # not chained: the original error may show the password
+        raise dg.Failure(description=f"MLflow at {mask_uri(uri)} failed: {scrub(str(exc), uri)[:2000]}") from None
 
 
 @dg.asset(
