@@ -93,6 +93,48 @@ def rollback_prompts_command() -> None:
     _materialize("prompt_rollback")
 
 
+@main.command("deploy")
+@click.option("--env", "environment", default=None, help="Deployment environment [default: $LLMOPS_DEPLOY_ENV or dev].")
+def deploy_command(environment: str | None) -> None:
+    """Register the agent if it changed and deploy it, smoke-tested, to an environment (`agent_release`)."""
+    if environment:
+        os.environ[settings.LLMOPS_DEPLOY_ENV] = environment
+    _setup()
+    _materialize("agent_release")
+
+
+@main.command("rollback-agent")
+@click.option("--env", "environment", default=None, help="Deployment environment [default: $LLMOPS_DEPLOY_ENV or dev].")
+def rollback_agent_command(environment: str | None) -> None:
+    """Serve the version the current `champion` replaced again (`agent_rollback`)."""
+    if environment:
+        os.environ[settings.LLMOPS_DEPLOY_ENV] = environment
+    _setup()
+    _materialize("agent_rollback")
+
+
+@main.command("stop-serving")
+@click.option("--env", "environment", default=None, help="Deployment environment [default: $LLMOPS_DEPLOY_ENV or dev].")
+def stop_serving_command(environment: str | None) -> None:
+    """Stop the local model server of an environment (Databricks endpoints are left alone)."""
+    from resources.deployment import DeploymentResource
+    from resources.serving import LocalServing
+
+    if environment:
+        os.environ[settings.LLMOPS_DEPLOY_ENV] = environment
+    values = _setup()
+    deployment = DeploymentResource(model_name=values[settings.LLMOPS_MODEL_NAME],
+                                    config_path=values[settings.LLMOPS_DEPLOY_CONFIG],
+                                    environment=values[settings.LLMOPS_DEPLOY_ENV],
+                                    state_dir=values[settings.LLMOPS_SERVING_DIR])
+    target = deployment.target(values[settings.MLFLOW_TRACKING_URI], os.environ[settings.LLMOPS_DEMO_EXPERIMENT])
+    if not isinstance(target, LocalServing):
+        raise click.ClickException(f"environment {os.environ[settings.LLMOPS_DEPLOY_ENV]!r} is not served locally")
+    current = target.current()
+    target.stop()
+    click.echo(f"Stopped the server of version {current.version} at {current.url}." if current else "Nothing was serving.")
+
+
 @main.command("demo")
 @click.option("--traces", default=300, show_default=True, type=click.IntRange(min=1), help="Demo traces to seed.")
 @click.option("--reseed", is_flag=True, help="Seed more traffic even if the demo experiment already has traces.")
@@ -133,6 +175,7 @@ Results
   Prompts                {prompts or "none in production (see the prompt_evals gate in the Dagster UI)"}
 
 Next
+  Deploy agent uv run llmops deploy                  -> a local model server, smoke-tested
   Dagster UI   uv run llmops ui                      -> http://127.0.0.1:3000
   Insights API uv run llmops serve                   -> http://127.0.0.1:8000/docs
   MLflow UI    uv run mlflow ui --backend-store-uri {uri} --port 5000

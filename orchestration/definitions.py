@@ -12,23 +12,29 @@ apply_defaults()
 
 from assets.evals.assets import prompt_evals  # noqa: E402
 from assets.insights.assets import insights_report, insights_rollups, root_causes  # noqa: E402
+from assets.models.assets import agent_deployment, agent_model  # noqa: E402
 from assets.prompts.assets import prompt_production, prompt_registry  # noqa: E402
 from assets.traces.assets import trace_warehouse  # noqa: E402
 from orchestration.jobs import JOBS  # noqa: E402
 from orchestration.sensors import SENSORS  # noqa: E402
+from resources.deployment import DeploymentResource  # noqa: E402
 from resources.mlflow import MlflowResource  # noqa: E402
 from resources.user_files import UserFilesResource  # noqa: E402
 from resources.warehouse import WarehouseResource  # noqa: E402
 
 defs = dg.Definitions(
     assets=[trace_warehouse, insights_rollups, root_causes, insights_report, prompt_registry, prompt_evals,
-            prompt_production],
+            prompt_production, agent_model, agent_deployment],
     jobs=JOBS,
     sensors=SENSORS,
     resources={
         "mlflow": MlflowResource(
             tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"), trace_source=dg.EnvVar("LLMOPS_TRACE_SOURCE"),
-            eval_experiment=dg.EnvVar("LLMOPS_EVAL_EXPERIMENT"),
+            eval_experiment=dg.EnvVar("LLMOPS_EVAL_EXPERIMENT"), agent_experiment=dg.EnvVar("LLMOPS_DEMO_EXPERIMENT"),
+        ),
+        "deployment": DeploymentResource(
+            model_name=dg.EnvVar("LLMOPS_MODEL_NAME"), config_path=dg.EnvVar("LLMOPS_DEPLOY_CONFIG"),
+            environment=dg.EnvVar("LLMOPS_DEPLOY_ENV"), state_dir=dg.EnvVar("LLMOPS_SERVING_DIR"),
         ),
         "warehouse": WarehouseResource(path=dg.EnvVar("LLMOPS_DUCKDB_PATH")),
         "user_files": UserFilesResource(prompts_dir=dg.EnvVar("LLMOPS_PROMPTS_DIR"),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dagster as dg
 
 main_job = dg.define_asset_job(
-    "main", selection=dg.AssetSelection.all(), description="Materialize every asset of the platform."
+    "main", selection=dg.AssetSelection.all() - dg.AssetSelection.assets("agent_deployment"),
+    description="Materialize every asset of the platform except the deployment (it starts a long-lived server or "
+    "changes a serving endpoint: run agent_release for that).",
 )
 warehouse_refresh_job = dg.define_asset_job(
     "warehouse_refresh",
@@ -25,5 +27,17 @@ prompt_rollback_job = dg.define_asset_job(
     config={"ops": {"prompt_production": {"config": {"action": "rollback"}}}},
     description="Move `production` back to the prompt versions the last promotion replaced.",
 )
+agent_release_job = dg.define_asset_job(
+    "agent_release",
+    selection=dg.AssetSelection.assets("agent_model", "agent_deployment"),
+    description="Register the agent if its code, config or production prompts changed (`challenger`), deploy it to "
+    "LLMOPS_DEPLOY_ENV, smoke-test it and move `champion` to it.",
+)
+agent_rollback_job = dg.define_asset_job(
+    "agent_rollback",
+    selection=dg.AssetSelection.assets("agent_deployment"),
+    config={"ops": {"agent_deployment": {"config": {"action": "rollback"}}}},
+    description="Serve the version the current `champion` replaced again and move `champion` back to it.",
+)
 
-JOBS = [main_job, warehouse_refresh_job, prompt_release_job, prompt_rollback_job]
+JOBS = [main_job, warehouse_refresh_job, prompt_release_job, prompt_rollback_job, agent_release_job, agent_rollback_job]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
 from mlflow import MlflowClient
@@ -15,12 +16,14 @@ class MlflowResource(dg.ConfigurableResource):
 
     `trace_source` picks how traces are read: `sql` reads MLflow's SQLite database directly (fast),
     `api` goes through MLflow's client API; `auto` picks `sql` for sqlite URIs. `eval_experiment`
-    (`LLMOPS_EVAL_EXPERIMENT`) is the experiment prompt evaluations log into.
+    (`LLMOPS_EVAL_EXPERIMENT`) is the experiment prompt evaluations log into; `agent_experiment`
+    (`LLMOPS_DEMO_EXPERIMENT`) holds the agent's traces and its logged models.
     """
 
     tracking_uri: str
     trace_source: str = "auto"
     eval_experiment: str = "llmops-evals"  # where prompt evaluations log their runs
+    agent_experiment: str = "llmops-demo"  # the agent's traffic, logged models and served traces
 
     def traces(self, progress: Callable[[str], None] | None = None) -> TraceSource:
         return source_for(self.tracking_uri, self.trace_source, progress)
@@ -29,6 +32,17 @@ class MlflowResource(dg.ConfigurableResource):
         """A client for this store and its prompt registry (MLflow derives the registry from the tracking URI:
         the same store locally, Unity Catalog for `databricks`)."""
         return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def experiment_id(self, name: str) -> str:
+        """The experiment's id, creating it if needed. For a local SQLite store its artifacts go beside the
+        database file (MLflow would put them in ./mlruns of whatever folder the process runs in)."""
+        client = self.client()
+        if found := client.get_experiment_by_name(name):
+            return found.experiment_id
+        location = None
+        if self.tracking_uri.startswith("sqlite:///"):
+            location = (Path(self.tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
+        return client.create_experiment(name, artifact_location=location)
 
     def make_current(self) -> None:
         """Point MLflow's fluent API (`mlflow.genai.evaluate`, `start_run`) at this store."""

@@ -21,6 +21,10 @@ LLMOPS_EVALS_DIR = "LLMOPS_EVALS_DIR"
 LLMOPS_EVAL_EXPERIMENT = "LLMOPS_EVAL_EXPERIMENT"
 LLMOPS_EVAL_PASS_THRESHOLD = "LLMOPS_EVAL_PASS_THRESHOLD"
 LLMOPS_EVAL_TOLERANCE = "LLMOPS_EVAL_TOLERANCE"
+LLMOPS_MODEL_NAME = "LLMOPS_MODEL_NAME"
+LLMOPS_DEPLOY_CONFIG = "LLMOPS_DEPLOY_CONFIG"
+LLMOPS_DEPLOY_ENV = "LLMOPS_DEPLOY_ENV"
+LLMOPS_SERVING_DIR = "LLMOPS_SERVING_DIR"
 DAGSTER_HOME = "DAGSTER_HOME"
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -54,10 +58,15 @@ def apply_defaults() -> dict[str, str]:
     os.environ.setdefault(LLMOPS_PROMPTS_DIR, str(PROJECT_DIR / "prompts"))
     os.environ.setdefault(LLMOPS_EVALS_DIR, str(PROJECT_DIR / "evals"))
     os.environ.setdefault(LLMOPS_EVAL_EXPERIMENT, "llmops-evals")
+    os.environ.setdefault(LLMOPS_MODEL_NAME, "llmops_support_agent")
+    os.environ.setdefault(LLMOPS_DEPLOY_CONFIG, str(PROJECT_DIR / "deploy" / "environments.yaml"))
+    os.environ.setdefault(LLMOPS_DEPLOY_ENV, "dev")
+    os.environ.setdefault(LLMOPS_SERVING_DIR, str(home / "serving"))
     return {
         name: os.environ[name]
         for name in (LLMOPS_HOME, MLFLOW_TRACKING_URI, LLMOPS_DUCKDB_PATH, LLMOPS_TRACE_SOURCE, LLMOPS_REPORTS_DIR,
-                     LLMOPS_PROMPTS_DIR, LLMOPS_EVALS_DIR, LLMOPS_EVAL_EXPERIMENT)
+                     LLMOPS_PROMPTS_DIR, LLMOPS_EVALS_DIR, LLMOPS_EVAL_EXPERIMENT, LLMOPS_MODEL_NAME,
+                     LLMOPS_DEPLOY_CONFIG, LLMOPS_DEPLOY_ENV, LLMOPS_SERVING_DIR)
     }
 
 

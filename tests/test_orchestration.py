@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from assets.traces.assets import CHECKS, trace_warehouse
 from resources.mlflow import MlflowResource
+from resources.serving import _is_our_server
 from resources.warehouse import CONTRACT_TABLES, WarehouseResource
 from tests.conftest import Store
 
@@ -28,9 +30,11 @@ def test_definitions_load_with_every_asset_in_its_group():
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups == {**dict.fromkeys(CONTRACT_TABLES, "traces"),
                       **dict.fromkeys(["insights_rollups", "root_causes", "insights_report"], "insights"),
-                      "prompt_registry": "prompts", "prompt_production": "prompts", "prompt_evals": "evals"}
+                      "prompt_registry": "prompts", "prompt_production": "prompts", "prompt_evals": "evals",
+                      "agent_model": "models", "agent_deployment": "models"}
     assert all(graph.get(key).description for key in graph.get_all_asset_keys())
-    assert {job.name for job in defs.jobs} >= {"main", "warehouse_refresh", "prompt_release", "prompt_rollback"}
+    assert {job.name for job in defs.jobs} >= {"main", "warehouse_refresh", "prompt_release", "prompt_rollback",
+                                              "agent_release", "agent_rollback"}
     assert [s.name for s in defs.sensors] == ["prompt_files_sensor"]
 
 
@@ -94,7 +98,8 @@ def test_dagster_cli_materializes_traces_group_from_env(seeded_store: Store, tmp
 
 
 @pytest.mark.parametrize("command", [[], ["demo"], ["seed-demo"], ["extract"], ["config"], ["ui"], ["serve"],
-                                     ["release-prompts"], ["rollback-prompts"]])
+                                     ["release-prompts"], ["rollback-prompts"], ["deploy"], ["rollback-agent"],
+                                     ["stop-serving"]])
 def test_every_command_has_help(command: list[str]):
     done = subprocess.run([*LLMOPS, *command, "--help"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -116,6 +121,15 @@ def test_demo_command_seeds_materializes_and_reports(tmp_path: Path):
     again = subprocess.run([*LLMOPS, "demo", "--traces", "12"], cwd=PROJECT_DIR, env=_env(tmp_path),
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "already has traces" in again.stdout
+    # Deploy the registered agent locally from the command line, then stop it: no server is left behind.
+    deployed = subprocess.run([*LLMOPS, "deploy"], cwd=PROJECT_DIR, env=_env(tmp_path), capture_output=True, text=True,
+                              timeout=600)
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    state = json.loads((home / "serving" / "dev.json").read_text())["active"]
+    stopped = subprocess.run([*LLMOPS, "stop-serving"], cwd=PROJECT_DIR, env=_env(tmp_path), capture_output=True,
+                             text=True, timeout=120)
+    assert stopped.returncode == 0 and f"Stopped the server of version 1 at {state['url']}" in stopped.stdout
+    assert not _is_our_server(state["pid"], int(state["url"].rsplit(":", 1)[1]))
 
 
 def test_bad_tracking_uri_fails_with_masked_uri(tmp_path: Path):
@@ -129,7 +143,6 @@ def test_bad_tracking_uri_fails_with_masked_uri(tmp_path: Path):
 
 def test_dagster_webserver_lists_every_asset(tmp_path: Path):
     """What `dagster dev -w workspace.yaml` shows: the webserver loads workspace.yaml and lists the assets."""
-    import json
     import socket
     import time
     import urllib.request
@@ -159,7 +172,8 @@ def test_dagster_webserver_lists_every_asset(tmp_path: Path):
         nodes = json.load(urllib.request.urlopen(request, timeout=60))["data"]["assetNodes"]
         assert {(n["assetKey"]["path"][0], n["groupName"]) for n in nodes} == {(t, "traces") for t in CONTRACT_TABLES} | {
             (name, "insights") for name in ("insights_rollups", "root_causes", "insights_report")
-        } | {("prompt_registry", "prompts"), ("prompt_production", "prompts"), ("prompt_evals", "evals")}
+        } | {("prompt_registry", "prompts"), ("prompt_production", "prompts"), ("prompt_evals", "evals"),
+             ("agent_model", "models"), ("agent_deployment", "models")}
     finally:
         server.terminate()
         server.wait(timeout=60)

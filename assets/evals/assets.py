@@ -4,7 +4,6 @@ prompts) on every eval suite, logged to MLflow and the warehouse, gated by a blo
 import os
 
 import dagster as dg
-import mlflow as mlflow_lib
 from pydantic import Field
 
 from assets.evals.dataset import EvalFileError, load_eval_suites, register_dataset
@@ -87,7 +86,7 @@ def prompt_evals(context: dg.AssetExecutionContext, config: EvalConfig, mlflow: 
         candidate = AgentPrompts.from_registry(client, CANDIDATE)
         baseline = baseline_prompts(client, candidate)
         mlflow.make_current()
-        experiment_id = mlflow_lib.set_experiment(mlflow.eval_experiment).experiment_id
+        experiment_id = mlflow.experiment_id(mlflow.eval_experiment)
         tags = {DAGSTER_RUN_TAG: context.run_id} | ({NOTE_TAG: note} if note else {})
         candidates, baselines = [], {}
         for loaded in suites:

@@ -36,6 +36,7 @@ from assets.prompts.registry import (
 from assets.traces.quality import markdown_table
 from resources.agent.prompts import ANSWER, SYSTEM, PromptNotFound
 from resources.mlflow import MlflowResource
+from resources.serving import DeployError
 from resources.settings import mask_uri, scrub
 from resources.user_files import UserFilesResource
 
@@ -45,11 +46,11 @@ COMMON = dict(group_name="prompts", owners=["team:llmops-platform"])
 
 @contextmanager
 def run_failures(mlflow: MlflowResource) -> Iterator[None]:
-    """Errors as run failures with a plain message: a registry in the wrong state says why; any other MLflow
-    error names the store (password masked)."""
+    """Errors as run failures with a plain message: a registry in the wrong state or a failed deployment says
+    why; any other MLflow error names the store (password masked)."""
     try:
         yield
-    except (RegistryError, PromptNotFound) as exc:
+    except (RegistryError, PromptNotFound, DeployError) as exc:
         raise dg.Failure(description=str(exc)) from None
     except dg.Failure:
         raise
