@@ -1,4 +1,5 @@
-"""The insights REST API: POST JSON under /api/3.0/mlflow/traces/insights/, served by `llmops serve`.
+"""The insights REST API (POST JSON under /api/3.0/mlflow/traces/insights/) and the feedback API
+(`POST /api/feedback`), served by `llmops serve`.
 
 Each request attaches the warehouse read-only for its own duration (waiting while an extract holds the write
 lock), so the server never blocks the Dagster runs that write the file. Errors use MLflow's error JSON
@@ -21,6 +22,7 @@ from fastapi_offline import FastAPIOffline
 from assets.insights import breakdowns, dimensions, queries
 from assets.insights.npmi import DimensionError
 from assets.insights.queries import TRACES, InsightsQuery
+from assets.labeling.feedback import FeedbackLinker, FeedbackNotFound, FeedbackRequest, FeedbackResponse
 from resources.warehouse import attached_engine
 
 PREFIX = "/api/3.0/mlflow/traces/insights"
@@ -37,7 +39,8 @@ def not_found(message: str) -> ApiError:
     return ApiError(404, "RESOURCE_NOT_FOUND", message)
 
 
-def create_app(warehouse_path: str) -> FastAPIOffline:
+def create_app(warehouse_path: str, tracking_uri: str | None = None) -> FastAPIOffline:
+    """The app over the warehouse file; with `tracking_uri`, also the feedback API logging into that store."""
     app = FastAPIOffline(
         title="llmops-platform insights API",
         description="Trace insights over the DuckDB warehouse: traffic, cost, assessments, tools, tags, "
@@ -83,6 +86,20 @@ def create_app(warehouse_path: str) -> FastAPIOffline:
         log.exception("insights request failed")
         return JSONResponse({"error_code": "INTERNAL_ERROR", "message": f"{type(exc).__name__}: see the server log"},
                             status_code=500)
+
+    @app.exception_handler(FeedbackNotFound)
+    async def _feedback_not_found(_request: Request, exc: FeedbackNotFound) -> JSONResponse:
+        return JSONResponse({"error_code": "RESOURCE_NOT_FOUND", "message": str(exc)}, status_code=404)
+
+    if tracking_uri is not None:
+        def linker() -> FeedbackLinker:
+            # The warehouse resolves most ids without asking MLflow; before the first extract, MLflow alone.
+            return FeedbackLinker(tracking_uri, engine if Path(warehouse_path).exists() else None)
+
+        @app.post("/api/feedback", tags=["feedback"])
+        def feedback(request: FeedbackRequest) -> FeedbackResponse:
+            """Log end-user feedback on the trace whose client_request_id the chat app knows."""
+            return linker().log(request)
 
     @app.post(f"{PREFIX}/traffic-cost/volume", tags=["traffic-cost"])
     def volume(query: InsightsQuery) -> queries.VolumeResponse:

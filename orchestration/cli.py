@@ -216,14 +216,15 @@ def ui_command(port: int) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
 def serve_command(host: str, port: int) -> None:
-    """Serve the insights REST API over the warehouse (OpenAPI page at /docs)."""
+    """Serve the insights REST API over the warehouse and the feedback API (OpenAPI page at /docs)."""
     import uvicorn
 
     from orchestration.api import create_app
 
     values = _setup()
     click.echo(f"Insights API on http://{host}:{port}/docs over {values[settings.LLMOPS_DUCKDB_PATH]}")
-    uvicorn.run(create_app(values[settings.LLMOPS_DUCKDB_PATH]), host=host, port=port, log_level="info")
+    app = create_app(values[settings.LLMOPS_DUCKDB_PATH], values[settings.MLFLOW_TRACKING_URI])
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 if __name__ == "__main__":

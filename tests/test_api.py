@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -17,41 +15,17 @@ import pytest
 import sqlalchemy as sa
 
 from assets.insights.queries import InsightsQuery, TimeBucket, traffic_latency, traffic_volume
-from tests.conftest import HOSTILE_TAGS, Store
+from tests.conftest import HOSTILE_TAGS, Store, llmops_serve
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PREFIX = "/api/3.0/mlflow/traces/insights"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def api(warehouse: sa.Engine, tmp_path_factory) -> str:
-    port = _free_port()
-    env = {**os.environ, "LLMOPS_HOME": str(tmp_path_factory.mktemp("home")),
-           "LLMOPS_DUCKDB_PATH": warehouse.url.database}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "orchestration.cli", "serve", "--port", str(port)], cwd=PROJECT_DIR, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/openapi.json", timeout=2)
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail(f"server did not start: {server.stdout.read().decode()}")
-            time.sleep(0.2)
-    yield url
-    server.terminate()
-    server.wait(timeout=20)
+    with llmops_serve({"LLMOPS_HOME": str(tmp_path_factory.mktemp("home")),
+                       "LLMOPS_DUCKDB_PATH": warehouse.url.database}) as url:
+        yield url
 
 
 def post(url: str, path: str, body) -> tuple[int, dict]:

@@ -177,7 +177,7 @@ def calculate_npmi(conn: sa.Connection, query: InsightsQuery, first: Dimension, 
     )
 
 
-def _mlflow_literal(value: Any) -> str | None:
+def mlflow_literal(value: Any) -> str | None:
     text = str(value).lower() if isinstance(value, bool) else str(value)
     if "'" not in text:
         return f"'{text}'"
@@ -195,7 +195,7 @@ def mlflow_filter_string(dimension: Dimension) -> str | None:
             column = f"feedback.`{rest}`"
         op = dimension.parameters.get("operator", ">")
         return f"{column} {op} {threshold(dimension)!r}" if column and op in OPERATORS else None
-    value = _mlflow_literal(dimension.parameters.get("value", "used" if prefix == "tools" else ""))
+    value = mlflow_literal(dimension.parameters.get("value", "used" if prefix == "tools" else ""))
     if value is None:
         return None
     if dimension.name == "status":
@@ -206,6 +206,6 @@ def mlflow_filter_string(dimension: Dimension) -> str | None:
         return f"tags.`{rest}` = {value}"
     if prefix == "assessment":
         return f"feedback.`{rest}` = {value}"
-    if prefix == "tools" and value == "'used'" and _mlflow_literal(rest):
-        return f"span.name = {_mlflow_literal(rest)}"
+    if prefix == "tools" and value == "'used'" and mlflow_literal(rest):
+        return f"span.name = {mlflow_literal(rest)}"
     return None

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, model_validator
 TRACES = sa.table(
     "traces", sa.column("trace_id"), sa.column("experiment_id"), sa.column("timestamp_ms"), sa.column("execution_time_ms"),
     sa.column("status"), sa.column("input_tokens"), sa.column("output_tokens"), sa.column("total_tokens"),
-    sa.column("total_cost"),
+    sa.column("total_cost"), sa.column("client_request_id"),
 )
 # Spans, tags and assessments carry their trace's experiment and time (`trace_timestamp_ms`), so each is
 # filtered and bucketed on its own, without a join.
