@@ -12,6 +12,7 @@ apply_defaults()
 
 from assets.evals.assets import prompt_evals  # noqa: E402
 from assets.insights.assets import insights_report, insights_rollups, root_causes  # noqa: E402
+from assets.labeling.assets import labeling_progress, labeling_sessions  # noqa: E402
 from assets.models.assets import agent_deployment, agent_model  # noqa: E402
 from assets.prompts.assets import prompt_production, prompt_registry  # noqa: E402
 from assets.traces.assets import trace_warehouse  # noqa: E402
@@ -24,7 +25,7 @@ from resources.warehouse import WarehouseResource  # noqa: E402
 
 defs = dg.Definitions(
     assets=[trace_warehouse, insights_rollups, root_causes, insights_report, prompt_registry, prompt_evals,
-            prompt_production, agent_model, agent_deployment],
+            prompt_production, agent_model, agent_deployment, labeling_sessions, labeling_progress],
     jobs=JOBS,
     sensors=SENSORS,
     resources={
@@ -38,6 +39,7 @@ defs = dg.Definitions(
         ),
         "warehouse": WarehouseResource(path=dg.EnvVar("LLMOPS_DUCKDB_PATH")),
         "user_files": UserFilesResource(prompts_dir=dg.EnvVar("LLMOPS_PROMPTS_DIR"),
-                                        evals_dir=dg.EnvVar("LLMOPS_EVALS_DIR")),
+                                        evals_dir=dg.EnvVar("LLMOPS_EVALS_DIR"),
+                                        labeling_rules=dg.EnvVar("LLMOPS_LABELING_RULES")),
     },
 )

@@ -40,4 +40,11 @@ agent_rollback_job = dg.define_asset_job(
     description="Serve the version the current `champion` replaced again and move `champion` back to it.",
 )
 
-JOBS = [main_job, warehouse_refresh_job, prompt_release_job, prompt_rollback_job, agent_release_job, agent_rollback_job]
+labeling_job = dg.define_asset_job(
+    "labeling",
+    selection=dg.AssetSelection.assets("labeling_sessions", "labeling_progress"),
+    description="Add traces with new negative feedback to their rule's labeling session (launched by "
+    "negative_feedback_sensor with the batch in its run config), then refresh labeling_progress.",
+)
+
+JOBS = [main_job, labeling_job, warehouse_refresh_job, prompt_release_job, prompt_rollback_job, agent_release_job, agent_rollback_job]

@@ -1,14 +1,24 @@
-"""Sensors: a change to the prompt files starts the prompt release (sync -> eval -> gate -> promote)."""
+"""Sensors: a change to the prompt files starts the prompt release (sync -> eval -> gate -> promote); new
+negative feedback in the warehouse starts labeling runs."""
 
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import dagster as dg
+import duckdb
 
+from assets.labeling.rules import load_rules
+from assets.labeling.sessions import feedback_after, matches
 from assets.prompts.files import folder_digest
-from orchestration.jobs import prompt_release_job
+from orchestration.jobs import labeling_job, prompt_release_job
 from resources.user_files import UserFilesResource
+from resources.warehouse import WarehouseResource, retry_while_locked
+
+FEEDBACK_PAGE = 500  # feedback rows per run request
+TICK_BUDGET_S = 30.0  # a sensor evaluation must end within 60 s
 
 
 @dg.sensor(
@@ -28,4 +38,42 @@ def prompt_files_sensor(context: dg.SensorEvaluationContext, user_files: UserFil
     return dg.RunRequest(run_key=f"prompts-{changes}-{digest[:16]}", tags={"llmops/prompts_digest": digest[:16]})
 
 
-SENSORS = [prompt_files_sensor]
+@dg.sensor(
+    job=labeling_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Reads new feedback from the warehouse in (last-updated time, assessment id) order — its cursor — and "
+    "requests one labeling run per page that holds feedback matching a rule (labeling/rules.yaml). The run key names "
+    "the page, so a re-evaluated tick starts nothing twice; runs retry, and a retried batch adds nothing twice.",
+)
+def negative_feedback_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource,
+                             user_files: UserFilesResource):
+    if not Path(warehouse.path).exists():
+        return dg.SkipReason("no warehouse yet: materialize the traces group first")
+    rules = load_rules(user_files.labeling_rules_path)
+    cursor = json.loads(context.cursor) if context.cursor else {"last_updated_ms": -1, "assessment_id": ""}
+    try:
+        con = retry_while_locked(lambda: duckdb.connect(warehouse.path, read_only=True), timeout_s=15)
+    except duckdb.IOException:
+        return dg.SkipReason("the warehouse is being written; trying again at the next tick")
+    requests, deadline = [], time.monotonic() + TICK_BUDGET_S
+    try:
+        while time.monotonic() < deadline:
+            rows = feedback_after(con, (cursor["last_updated_ms"], cursor["assessment_id"]), FEEDBACK_PAGE)
+            if not rows:
+                break
+            matching = [r.assessment_id for r in rows if any(matches(rule, r) for rule in rules.rules)]
+            first, last = rows[0], rows[-1]
+            if matching:
+                key = f"feedback-{first.last_updated_ms}-{first.assessment_id}-{last.last_updated_ms}-{last.assessment_id}"
+                requests.append(dg.RunRequest(
+                    run_key=key, tags={"dagster/max_retries": "2"},
+                    run_config={"ops": {"labeling_sessions": {"config": {
+                        "assessment_ids": matching, "batch_key": key, "until_ms": last.last_updated_ms}}}},
+                ))
+            cursor = {"last_updated_ms": last.last_updated_ms, "assessment_id": last.assessment_id}
+    finally:
+        con.close()
+    context.update_cursor(json.dumps(cursor))
+    return requests or dg.SkipReason("no new feedback matching a labeling rule")
+
+
+SENSORS = [prompt_files_sensor, negative_feedback_sensor]

@@ -25,6 +25,7 @@ LLMOPS_MODEL_NAME = "LLMOPS_MODEL_NAME"
 LLMOPS_DEPLOY_CONFIG = "LLMOPS_DEPLOY_CONFIG"
 LLMOPS_DEPLOY_ENV = "LLMOPS_DEPLOY_ENV"
 LLMOPS_SERVING_DIR = "LLMOPS_SERVING_DIR"
+LLMOPS_LABELING_RULES = "LLMOPS_LABELING_RULES"
 DAGSTER_HOME = "DAGSTER_HOME"
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -37,6 +38,10 @@ _DAGSTER_YAML = """\
 concurrency:
   pools:
     default_limit: 1
+# Labeling runs ask for retries (tag dagster/max_retries); a retried batch adds nothing twice.
+run_retries:
+  enabled: true
+  max_retries: 0
 telemetry:
   enabled: false
 """
@@ -62,11 +67,12 @@ def apply_defaults() -> dict[str, str]:
     os.environ.setdefault(LLMOPS_DEPLOY_CONFIG, str(PROJECT_DIR / "deploy" / "environments.yaml"))
     os.environ.setdefault(LLMOPS_DEPLOY_ENV, "dev")
     os.environ.setdefault(LLMOPS_SERVING_DIR, str(home / "serving"))
+    os.environ.setdefault(LLMOPS_LABELING_RULES, str(PROJECT_DIR / "labeling" / "rules.yaml"))
     return {
         name: os.environ[name]
         for name in (LLMOPS_HOME, MLFLOW_TRACKING_URI, LLMOPS_DUCKDB_PATH, LLMOPS_TRACE_SOURCE, LLMOPS_REPORTS_DIR,
                      LLMOPS_PROMPTS_DIR, LLMOPS_EVALS_DIR, LLMOPS_EVAL_EXPERIMENT, LLMOPS_MODEL_NAME,
-                     LLMOPS_DEPLOY_CONFIG, LLMOPS_DEPLOY_ENV, LLMOPS_SERVING_DIR)
+                     LLMOPS_DEPLOY_CONFIG, LLMOPS_DEPLOY_ENV, LLMOPS_SERVING_DIR, LLMOPS_LABELING_RULES)
     }
 
 

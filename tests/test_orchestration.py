@@ -31,11 +31,12 @@ def test_definitions_load_with_every_asset_in_its_group():
     assert groups == {**dict.fromkeys(CONTRACT_TABLES, "traces"),
                       **dict.fromkeys(["insights_rollups", "root_causes", "insights_report"], "insights"),
                       "prompt_registry": "prompts", "prompt_production": "prompts", "prompt_evals": "evals",
-                      "agent_model": "models", "agent_deployment": "models"}
+                      "agent_model": "models", "agent_deployment": "models",
+                      "labeling_sessions": "labeling", "labeling_progress": "labeling"}
     assert all(graph.get(key).description for key in graph.get_all_asset_keys())
     assert {job.name for job in defs.jobs} >= {"main", "warehouse_refresh", "prompt_release", "prompt_rollback",
-                                              "agent_release", "agent_rollback"}
-    assert [s.name for s in defs.sensors] == ["prompt_files_sensor"]
+                                              "agent_release", "agent_rollback", "labeling"}
+    assert [s.name for s in defs.sensors] == ["prompt_files_sensor", "negative_feedback_sensor"]
 
 
 def test_materialize_writes_warehouse_and_passes_checks(seeded_store: Store, warehouse_path: str):
@@ -173,7 +174,13 @@ def test_dagster_webserver_lists_every_asset(tmp_path: Path):
         assert {(n["assetKey"]["path"][0], n["groupName"]) for n in nodes} == {(t, "traces") for t in CONTRACT_TABLES} | {
             (name, "insights") for name in ("insights_rollups", "root_causes", "insights_report")
         } | {("prompt_registry", "prompts"), ("prompt_production", "prompts"), ("prompt_evals", "evals"),
-             ("agent_model", "models"), ("agent_deployment", "models")}
+             ("agent_model", "models"), ("agent_deployment", "models"), ("labeling_sessions", "labeling"),
+             ("labeling_progress", "labeling")}
+        query = json.dumps({"query": '{ sensorsOrError(repositorySelector: {repositoryLocationName: "llmops", '
+                            'repositoryName: "__repository__"}) { ... on Sensors { results { name } } } }'}).encode()
+        request = urllib.request.Request(f"{url}/graphql", data=query, headers={"Content-Type": "application/json"})
+        sensors = json.load(urllib.request.urlopen(request, timeout=60))["data"]["sensorsOrError"]["results"]
+        assert {s["name"] for s in sensors} >= {"prompt_files_sensor", "negative_feedback_sensor"}
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -1,0 +1,207 @@
+"""The feedback loop on a real MLflow store, a real warehouse and a real Dagster instance: negative feedback
+becomes review-queue items exactly once, through the sensor (build_sensor_context) and the labeling job."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import mlflow
+import pytest
+from mlflow.entities import AssessmentSource, AssessmentSourceType
+from mlflow.genai import review_queues
+
+from assets.labeling.rules import RulesFileError, load_rules
+from assets.labeling.sessions import CONTROL_TAG, feedback_after
+from assets.traces.extract import extract_traces
+from orchestration.definitions import defs
+from orchestration.sensors import negative_feedback_sensor
+from resources.agent.backends import OfflineBackend
+from resources.agent.demo_agent import DemoAgent, record_trace
+from resources.mlflow import MlflowResource
+from resources.trace_sources import SqlTrackingStore
+from resources.user_files import UserFilesResource
+from resources.warehouse import WarehouseResource
+from tests.conftest import PROJECT_DIR
+
+
+@pytest.fixture
+def loop(empty_store_file: Path, tmp_path: Path):
+    """20 agent traces without feedback in a fresh store, a warehouse path, rules without controls, resources."""
+    store = tmp_path / "mlflow.db"
+    shutil.copyfile(empty_store_file, store)
+    uri = f"sqlite:///{store}"
+    mlflow.set_tracking_uri(uri)
+    experiment_id = mlflow.set_experiment("support").experiment_id
+    agent, now_ns = DemoAgent(OfflineBackend()), 1_790_000_000_000_000_000
+    traces = [record_trace(agent.run(f"How do I refresh dashboard {i}?", (), random.Random(i)), start_ns=now_ns + i * 10**9,
+                           tags={}, client_request_id=f"req-{i}") for i in range(20)]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text((PROJECT_DIR / "labeling" / "rules.yaml").read_text().replace("controls_share: 0.2",
+                                                                                  "controls_share: 0.0"))
+    resources = {
+        "mlflow": MlflowResource(tracking_uri=uri),
+        "warehouse": WarehouseResource(path=str(tmp_path / "warehouse.duckdb")),
+        "user_files": UserFilesResource(prompts_dir=str(tmp_path), evals_dir=str(tmp_path), labeling_rules=str(rules)),
+    }
+    return {"uri": uri, "store": store, "experiment_id": experiment_id, "traces": traces, "rules": rules,
+            "resources": resources}
+
+
+def thumbs(loop: dict, trace_ids: list[str], value: bool, source: str = "HUMAN") -> None:
+    mlflow.set_tracking_uri(loop["uri"])
+    for trace_id in trace_ids:
+        mlflow.log_feedback(trace_id=trace_id, name="user_thumbs", value=value,
+                            source=AssessmentSource(getattr(AssessmentSourceType, source), "someone"))
+
+
+def extract(loop: dict) -> None:
+    extract_traces(SqlTrackingStore(loop["uri"]), loop["resources"]["warehouse"].path)
+
+
+def tick(loop: dict, instance, cursor: str | None):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={
+        "warehouse": loop["resources"]["warehouse"], "user_files": loop["resources"]["user_files"]})
+    return negative_feedback_sensor.evaluate_tick(context)
+
+
+def run(loop: dict, instance, request: dg.RunRequest, resources: dict | None = None) -> dg.ExecuteInProcessResult:
+    return defs.resolve_job_def("labeling").execute_in_process(
+        run_config=request.run_config, instance=instance, resources=resources or loop["resources"],
+        raise_on_error=False)
+
+
+def queue_items(loop: dict) -> dict[str, list[str]]:
+    mlflow.set_tracking_uri(loop["uri"])
+    queues = review_queues.list_review_queues(experiment_id=loop["experiment_id"])
+    return {q.name: sorted(i.item_id for i in review_queues.list_review_queue_items(q.queue_id)) for q in queues}
+
+
+def today() -> str:
+    return f"thumbs_down {datetime.now(timezone.utc):%Y-%m-%d}"
+
+
+def test_n_negative_feedback_become_exactly_n_items_once(loop: dict):
+    negatives, positives, judged = loop["traces"][:5], loop["traces"][5:8], loop["traces"][8:10]
+    thumbs(loop, negatives, False)
+    thumbs(loop, positives, True)
+    thumbs(loop, judged, False, source="LLM_JUDGE")  # the rule reviews HUMAN feedback only
+    extract(loop)
+    with dg.instance_for_test() as instance:
+        first = tick(loop, instance, None)
+        (request,) = first.run_requests
+        assert len(request.run_config["ops"]["labeling_sessions"]["config"]["assessment_ids"]) == 5
+        assert run(loop, instance, request).success
+        assert queue_items(loop) == {today(): sorted(negatives)}
+        # the same tick evaluated again asks for the same run key (Dagster starts it once) ...
+        assert [r.run_key for r in tick(loop, instance, None).run_requests] == [request.run_key]
+        # ... and even a second run of the batch adds nothing
+        again = run(loop, instance, request)
+        assert again.asset_materializations_for_node("labeling_sessions")[0].metadata["traces_added"].value == 0
+        assert queue_items(loop) == {today(): sorted(negatives)}
+        # nothing new since the cursor: nothing requested
+        assert not tick(loop, instance, first.cursor).run_requests
+        progress = again.asset_materializations_for_node("labeling_progress")[0].metadata
+        assert (progress["sessions"].value, progress["pending"].value) == (1, 5)
+
+    mlflow.set_tracking_uri(loop["uri"])
+    (queue,) = review_queues.list_review_queues(experiment_id=loop["experiment_id"])
+    assert queue.users == ["support-lead@example.com"] and len(queue.schema_ids) == 2
+    with duckdb.connect(loop["resources"]["warehouse"].path, read_only=True) as con:
+        assert con.sql("SELECT session, items, pending, completed FROM labeling_progress").fetchall() == [
+            (today(), 5, 5, 0)]
+
+
+def test_a_failed_run_retried_neither_loses_nor_duplicates(loop: dict, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    thumbs(loop, loop["traces"][:6], False)
+    extract(loop)
+    down = {**loop["resources"], "mlflow": MlflowResource(tracking_uri="http://127.0.0.1:9")}
+    with dg.instance_for_test() as instance:
+        first = tick(loop, instance, None)
+        (request,) = first.run_requests
+        failed = run(loop, instance, request, resources=down)  # the tracking server is down: the run fails
+        assert not failed.success
+        # feedback arriving meanwhile is picked up by the next tick, whatever happened to the run
+        thumbs(loop, loop["traces"][6:8], False)
+        extract(loop)
+        (later,) = tick(loop, instance, first.cursor).run_requests
+        assert len(later.run_config["ops"]["labeling_sessions"]["config"]["assessment_ids"]) == 2
+        # a retry that half-succeeded before: two of the batch's traces are already in the session
+        mlflow.set_tracking_uri(loop["uri"])
+        queue = review_queues.create_review_queue(today(), queue_type="custom", users=["support-lead@example.com"],
+                                                  experiment_id=loop["experiment_id"])
+        review_queues.add_items_to_review_queue(queue.queue_id, item_ids=loop["traces"][:2])
+        assert run(loop, instance, request).success and run(loop, instance, later).success
+        assert run(loop, instance, request).success  # retried once more: still nothing twice
+    assert queue_items(loop) == {today(): sorted(loop["traces"][:8])}
+
+
+def test_equal_last_updated_times_are_neither_skipped_nor_repeated(loop: dict):
+    thumbs(loop, loop["traces"][:7], False)
+    with sqlite3.connect(loop["store"]) as db:  # MLflow writes in sequence; make the times collide on purpose
+        db.execute("UPDATE assessments SET last_updated_timestamp = 1790000000000")
+    extract(loop)
+    with duckdb.connect(loop["resources"]["warehouse"].path, read_only=True) as con:
+        seen, cursor = [], (-1, "")
+        while page := feedback_after(con, cursor, limit=3):  # page boundaries fall inside the equal times
+            seen += [row.assessment_id for row in page]
+            cursor = (page[-1].last_updated_ms, page[-1].assessment_id)
+        every = [r[0] for r in con.execute("SELECT assessment_id FROM assessments ORDER BY 1").fetchall()]
+    assert seen == every and len(seen) == 7
+    with dg.instance_for_test() as instance:
+        (request,) = tick(loop, instance, None).run_requests
+        assert run(loop, instance, request).success
+    assert queue_items(loop) == {today(): sorted(loop["traces"][:7])}
+
+
+def test_controls_and_rolling_sessions(loop: dict):
+    loop["rules"].write_text(loop["rules"].read_text().replace("controls_share: 0.0", "controls_share: 0.5")
+                             .replace("max_items_per_session: 50", "max_items_per_session: 5"))
+    negatives, positives = loop["traces"][:4], loop["traces"][4:12]
+    thumbs(loop, negatives, False)
+    thumbs(loop, positives, True)
+    extract(loop)
+    with dg.instance_for_test() as instance:
+        (request,) = tick(loop, instance, None).run_requests
+        result = run(loop, instance, request)
+        assert result.success
+        meta = result.asset_materializations_for_node("labeling_sessions")[0].metadata
+        assert (meta["traces_added"].value, meta["controls_added"].value) == (4, 4)  # half of each session
+        assert run(loop, instance, request).success  # a retry draws the same controls: nothing added
+    items = queue_items(loop)
+    assert sorted(map(len, items.values())) == [3, 5] and set(items) == {today(), f"{today()} #2"}
+    everything = [t for queue in items.values() for t in queue]
+    assert len(everything) == len(set(everything)) == 8 and set(negatives) <= set(everything)
+    controls = set(everything) - set(negatives)
+    assert controls <= set(positives)
+    client = mlflow.MlflowClient(loop["uri"])
+    assert all(client.get_trace(t).info.tags.get(CONTROL_TAG) == "thumbs_down" for t in controls)
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (("equals: false", "equals: false\n    below: 0.5"), "give exactly one of `equals`"),
+    (("[answer_correct, expected_answer]", "[answer_correct, mood]"), "label schemas ['mood']"),
+    (("controls_share: 0.0", "controls_share: 1.5"), "rules.0.controls_share: Input should be less than 1"),
+    (("kind: categorical, options: [correct, partially correct, wrong]", "kind: categorical"), "needs options"),
+])
+def test_bad_rules_name_the_problem(loop: dict, edit, reason):
+    loop["rules"].write_text(loop["rules"].read_text().replace(*edit))
+    with pytest.raises(RulesFileError, match=reason.replace("[", r"\[").replace("]", r"\]")):
+        load_rules(loop["rules"])
+
+
+def test_sensor_state_is_a_json_cursor(loop: dict):
+    thumbs(loop, loop["traces"][:1], False)
+    extract(loop)
+    with dg.instance_for_test() as instance:
+        result = tick(loop, instance, None)
+    cursor = json.loads(result.cursor)
+    assert set(cursor) == {"last_updated_ms", "assessment_id"} and cursor["assessment_id"].startswith("a-")
