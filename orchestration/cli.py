@@ -93,35 +93,40 @@ def rollback_prompts_command() -> None:
     _materialize("prompt_rollback")
 
 
+def _set_environment(_context: click.Context, _parameter: click.Parameter, value: str | None) -> None:
+    if value:
+        os.environ[settings.LLMOPS_DEPLOY_ENV] = value
+
+
+environment_option = click.option(
+    "--env", default=None, expose_value=False, callback=_set_environment,
+    help="Deployment environment of deploy/environments.yaml [default: $LLMOPS_DEPLOY_ENV or dev].",
+)
+
+
 @main.command("deploy")
-@click.option("--env", "environment", default=None, help="Deployment environment [default: $LLMOPS_DEPLOY_ENV or dev].")
-def deploy_command(environment: str | None) -> None:
+@environment_option
+def deploy_command() -> None:
     """Register the agent if it changed and deploy it, smoke-tested, to an environment (`agent_release`)."""
-    if environment:
-        os.environ[settings.LLMOPS_DEPLOY_ENV] = environment
     _setup()
     _materialize("agent_release")
 
 
 @main.command("rollback-agent")
-@click.option("--env", "environment", default=None, help="Deployment environment [default: $LLMOPS_DEPLOY_ENV or dev].")
-def rollback_agent_command(environment: str | None) -> None:
+@environment_option
+def rollback_agent_command() -> None:
     """Serve the version the current `champion` replaced again (`agent_rollback`)."""
-    if environment:
-        os.environ[settings.LLMOPS_DEPLOY_ENV] = environment
     _setup()
     _materialize("agent_rollback")
 
 
 @main.command("stop-serving")
-@click.option("--env", "environment", default=None, help="Deployment environment [default: $LLMOPS_DEPLOY_ENV or dev].")
-def stop_serving_command(environment: str | None) -> None:
+@environment_option
+def stop_serving_command() -> None:
     """Stop the local model server of an environment (Databricks endpoints are left alone)."""
     from resources.deployment import DeploymentResource
     from resources.serving import LocalServing
 
-    if environment:
-        os.environ[settings.LLMOPS_DEPLOY_ENV] = environment
     values = _setup()
     deployment = DeploymentResource(model_name=values[settings.LLMOPS_MODEL_NAME],
                                     config_path=values[settings.LLMOPS_DEPLOY_CONFIG],
