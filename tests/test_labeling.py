@@ -205,3 +205,19 @@ def test_sensor_state_is_a_json_cursor(loop: dict):
         result = tick(loop, instance, None)
     cursor = json.loads(result.cursor)
     assert set(cursor) == {"last_updated_ms", "assessment_id"} and cursor["assessment_id"].startswith("a-")
+
+
+def test_a_run_launched_without_a_batch_routes_every_feedback_once(loop: dict):
+    thumbs(loop, loop["traces"][:3], False)
+    thumbs(loop, loop["traces"][3:5], True)
+    extract(loop)
+    with dg.instance_for_test() as instance:
+        (request,) = tick(loop, instance, None).run_requests
+        assert run(loop, instance, request).success  # the sensor's batch: 3 traces
+        thumbs(loop, loop["traces"][5:7], False)
+        extract(loop)
+        backfill = run(loop, instance, dg.RunRequest(run_config={}))  # as from the UI's launchpad
+        assert backfill.success
+        meta = backfill.asset_materializations_for_node("labeling_sessions")[0].metadata
+        assert (meta["feedback_in_batch"].value, meta["traces_added"].value) == (7, 2)
+    assert queue_items(loop) == {today(): sorted(loop["traces"][:3] + loop["traces"][5:7])}

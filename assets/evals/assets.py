@@ -20,7 +20,8 @@ from assets.evals.runner import (
     run_suite,
 )
 from assets.evals.scorers import CODE_SCORERS, LLMOPS_JUDGE_ENDPOINT, judge_scorers
-from assets.prompts.assets import AGENT_PROMPTS, run_failures
+from assets.failures import run_failures
+from assets.prompts.assets import AGENT_PROMPTS
 from assets.prompts.registry import CANDIDATE, PRODUCTION, prompt_state
 from assets.traces.quality import markdown_table
 from resources.agent.backends import backend_from_env

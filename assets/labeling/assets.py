@@ -6,9 +6,9 @@ from datetime import datetime, timezone
 import dagster as dg
 from pydantic import Field
 
+from assets.failures import run_failures
 from assets.labeling.rules import RulesFileError, load_rules
-from assets.labeling.sessions import ReviewQueues, add_to_sessions, feedback_by_id, progress_rows
-from assets.prompts.assets import run_failures
+from assets.labeling.sessions import ReviewQueues, add_to_sessions, feedback_rows, progress_rows
 from assets.traces.quality import markdown_table
 from resources.mlflow import MlflowResource
 from resources.user_files import UserFilesResource
@@ -48,11 +48,7 @@ def labeling_sessions(context: dg.AssetExecutionContext, config: LabelingBatch, 
         raise dg.Failure(description="Labeling sessions on Databricks (mlflow.genai.labeling) are not supported yet; "
                          "this platform routes feedback into review queues of MLflow tracking stores.")
     with warehouse.connect(read_only=True) as con, run_failures(mlflow):
-        if config.assessment_ids:
-            rows = feedback_by_id(con, config.assessment_ids)
-        else:
-            rows = feedback_by_id(con, [r[0] for r in con.execute(
-                "SELECT assessment_id FROM assessments WHERE assessment_type = 'feedback'").fetchall()])
+        rows = feedback_rows(con, config.assessment_ids or None)
         mlflow.make_current()
         until = config.until_ms if config.until_ms is not None else max((r.last_updated_ms for r in rows), default=0)
         changes = add_to_sessions(ReviewQueues(), rules, rows, con, mlflow.tracking_uri,

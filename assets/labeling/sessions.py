@@ -66,9 +66,10 @@ def feedback_after(con: duckdb.DuckDBPyConnection, cursor: tuple[int, str], limi
     return [FeedbackRow(*row) for row in rows]
 
 
-def feedback_by_id(con: duckdb.DuckDBPyConnection, assessment_ids: list[str]) -> list[FeedbackRow]:
-    rows = con.execute(f"{_SELECT} AND list_contains(?, assessment_id) ORDER BY last_updated_ms, assessment_id",
-                       [assessment_ids]).fetchall()
+def feedback_rows(con: duckdb.DuckDBPyConnection, assessment_ids: list[str] | None) -> list[FeedbackRow]:
+    """The feedback with these ids, or all feedback when `assessment_ids` is None, in cursor order."""
+    where, parameters = ("AND list_contains(?, assessment_id)", [assessment_ids]) if assessment_ids is not None else ("", [])
+    rows = con.execute(f"{_SELECT} {where} ORDER BY last_updated_ms, assessment_id", parameters).fetchall()
     return [FeedbackRow(*row) for row in rows]
 
 
@@ -77,7 +78,7 @@ def positive_traces(con: duckdb.DuckDBPyConnection, rule: Rule, experiment_id: s
     for a batch, so a retried batch draws the same)."""
     rows = con.execute(f"{_SELECT} AND name = ? AND experiment_id = ? AND last_updated_ms <= ?",
                        [rule.feedback, experiment_id, until_ms]).fetchall()
-    return sorted({r.trace_id for r in map(lambda row: FeedbackRow(*row), rows) if _condition(rule, r) is False})
+    return sorted({row.trace_id for row in (FeedbackRow(*r) for r in rows) if _condition(rule, row) is False})
 
 
 def _schema_input(spec: LabelSchemaSpec):
@@ -124,6 +125,13 @@ class ReviewQueues:
             if not (token := page.token):
                 return items
 
+    def create(self, experiment_id: str, name: str, reviewers: list[str], schema_ids: list[str]):
+        return review_queues.create_review_queue(name, queue_type="custom", users=reviewers, schema_ids=schema_ids,
+                                                 experiment_id=experiment_id)
+
+    def add(self, queue_id: str, trace_ids: list[str]) -> None:
+        review_queues.add_items_to_review_queue(queue_id, item_ids=trace_ids)
+
 
 @dataclass
 class SessionChange:
@@ -140,7 +148,7 @@ def add_to_sessions(queues: ReviewQueues, rules: RulesFile, rows: list[FeedbackR
     """Add each matching trace of `rows` to its rule's open session, unless one of the rule's sessions has it;
     controls are drawn from feedback last updated by `controls_until_ms`."""
     now = now or datetime.now(timezone.utc)
-    changes: list[SessionChange] = []
+    client, changes = MlflowClient(tracking_uri), []
     for rule in rules.rules:
         by_experiment: dict[str, list[str]] = defaultdict(list)
         for row in rows:
@@ -168,19 +176,18 @@ def add_to_sessions(queues: ReviewQueues, rules: RulesFile, rows: list[FeedbackR
                 name = rule.session(now, part)
                 queue = sessions.get(name)
                 if queue is None:
-                    queue = review_queues.create_review_queue(name, queue_type="custom", users=rule.reviewers,
-                                                              schema_ids=schema_ids, experiment_id=experiment_id)
+                    queue = queues.create(experiment_id, name, rule.reviewers, schema_ids)
                     sessions[name], filled[queue.queue_id] = queue, []
                 room = rule.max_items_per_session - len(filled[queue.queue_id])
                 if room <= 0:
                     part += 1
                     continue
                 chunk, pending = pending[:room], pending[room:]
-                review_queues.add_items_to_review_queue(queue.queue_id, item_ids=chunk)
+                queues.add(queue.queue_id, chunk)
                 filled[queue.queue_id] += chunk
                 chunk_controls = [t for t in chunk if t in controls]
                 for trace_id in chunk_controls:
-                    MlflowClient(tracking_uri).set_trace_tag(trace_id, CONTROL_TAG, rule.name)
+                    client.set_trace_tag(trace_id, CONTROL_TAG, rule.name)
                 changes.append(SessionChange(rule.name, experiment_id, name, len(chunk) - len(chunk_controls),
                                              len(chunk_controls)))
     return changes

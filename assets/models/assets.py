@@ -8,6 +8,7 @@ import dagster as dg
 from mlflow import MlflowClient
 from pydantic import Field
 
+from assets.failures import run_failures
 from assets.models.registry import (
     CHALLENGER,
     CHAMPION,
@@ -21,7 +22,7 @@ from assets.models.registry import (
     alias_version,
     register_agent,
 )
-from assets.prompts.assets import AGENT_PROMPTS, run_failures
+from assets.prompts.assets import AGENT_PROMPTS
 from assets.prompts.registry import COMMIT_TAG, PRODUCTION, git_commit, prompt_state
 from assets.prompts.registry import EVAL_RUN_TAG as PROMPT_EVAL_RUN_TAG
 from assets.traces.quality import markdown_table

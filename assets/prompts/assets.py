@@ -1,8 +1,6 @@
 """Group `prompts`: prompt files synced into MLflow's Prompt Registry, and the `production` alias that
 evaluations justify (promotion) or a rollback restores."""
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Literal
 
 import dagster as dg
@@ -18,6 +16,7 @@ from assets.evals.runner import (
     ROLE_TAG,
     SUITE_TAG,
 )
+from assets.failures import run_failures
 from assets.prompts.files import PromptFileError, load_prompt_files
 from assets.prompts.registry import (
     BASELINE_RATE_TAG,
@@ -26,7 +25,6 @@ from assets.prompts.registry import (
     PASS_RATE_TAG,
     PRODUCTION,
     PROMOTED_BY,
-    RegistryError,
     history_rows,
     promote_together,
     prompt_state,
@@ -34,29 +32,12 @@ from assets.prompts.registry import (
     sync_prompts,
 )
 from assets.traces.quality import markdown_table
-from resources.agent.prompts import ANSWER, SYSTEM, PromptNotFound
+from resources.agent.prompts import ANSWER, SYSTEM
 from resources.mlflow import MlflowResource
-from resources.serving import DeployError
-from resources.settings import mask_uri, scrub
 from resources.user_files import UserFilesResource
 
 AGENT_PROMPTS = (SYSTEM, ANSWER)  # what the evaluated demo agent loads; promotion moves these together
 COMMON = dict(group_name="prompts", owners=["team:llmops-platform"])
-
-
-@contextmanager
-def run_failures(mlflow: MlflowResource) -> Iterator[None]:
-    """Errors as run failures with a plain message: a registry in the wrong state or a failed deployment says
-    why; any other MLflow error names the store (password masked)."""
-    try:
-        yield
-    except (RegistryError, PromptNotFound, DeployError) as exc:
-        raise dg.Failure(description=str(exc)) from None
-    except dg.Failure:
-        raise
-    except Exception as exc:
-        uri = mlflow.tracking_uri  # not chained: the original error may show the password
-        raise dg.Failure(description=f"MLflow at {mask_uri(uri)} failed: {scrub(str(exc), uri)[:2000]}") from None
 
 
 @dg.asset(
