@@ -77,7 +77,8 @@ class DeployConfig(dg.Config):
 
 
 def _serve(context, client: MlflowClient, deployment: DeploymentResource, target, version: int,
-           replaces: int | None, rolled_back: int | None = None) -> dg.MaterializeResult:
+           replaces: int | None, rollback: bool = False) -> dg.MaterializeResult:
+    """Deploy `version` in place of `replaces`; only after its smoke test passed, tag it and move `champion`."""
     name = deployment.model_name
     context.log.info(f"deploying {name} version {version} to {deployment.environment}")
     try:
@@ -86,12 +87,12 @@ def _serve(context, client: MlflowClient, deployment: DeploymentResource, target
         raise dg.Failure(description=f"{name} version {version} was not deployed to {deployment.environment}: "
                          f"{exc}") from None
     tags = {DEPLOYED_AT: str(int(time.time() * 1000)), ENDPOINT_TAG: live.url, SMOKE_TAG: str(live.smoke_latency_ms)}
-    if replaces is not None and replaces != version and rolled_back is None:
+    if replaces is not None and replaces != version and not rollback:
         tags[PREVIOUS_CHAMPION] = str(replaces)
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, value)
-    if rolled_back is not None:
-        client.set_model_version_tag(name, str(rolled_back), ROLLED_BACK_AT, tags[DEPLOYED_AT])
+    if rollback:
+        client.set_model_version_tag(name, str(replaces), ROLLED_BACK_AT, tags[DEPLOYED_AT])
     client.set_registered_model_alias(name, CHAMPION, str(version))  # after the smoke test passed
     served = client.get_model_version(name, str(version)).tags
     prompts = {k.removeprefix(PROMPT_TAG_PREFIX): v for k, v in served.items() if k.startswith(PROMPT_TAG_PREFIX)}
@@ -127,8 +128,7 @@ def agent_deployment(context: dg.AssetExecutionContext, config: DeployConfig, ml
             if not previous:
                 raise dg.Failure(description=f"Nothing to roll back: {name} has no champion that replaced an "
                                  "earlier version.")
-            return _serve(context, client, deployment, target, int(previous), int(champion.version),
-                          rolled_back=int(champion.version))
+            return _serve(context, client, deployment, target, int(previous), int(champion.version), rollback=True)
         challenger = alias_version(client, name, CHALLENGER)
         if challenger is None:
             raise dg.Failure(description=f"{name} has no challenger version: materialize agent_model first.")
