@@ -97,6 +97,10 @@ def _is_our_server(pid: int, port: int) -> bool:
     return state != "Z" and b"serve" in cmdline and str(port).encode() in cmdline
 
 
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
 def _stop(pid: int, port: int, timeout_s: float = 15.0) -> None:
     """Stop the server's whole process group (MLflow execs uvicorn workers under it)."""
     if not _is_our_server(pid, port):
@@ -165,7 +169,7 @@ class LocalServing:
     def current(self) -> Deployment | None:
         """What serves the environment now, if its server is alive."""
         active = self._state().get("active")
-        if active and _is_our_server(active["pid"], int(active["url"].rsplit(":", 1)[1])):
+        if active and _is_our_server(active["pid"], _port(active["url"])):
             return Deployment(**active)
         return None
 
@@ -206,7 +210,7 @@ class LocalServing:
         state.pop("pending", None)
         self._save(state)
         if previous and previous["pid"] != process.pid:
-            _stop(previous["pid"], int(previous["url"].rsplit(":", 1)[1]))
+            _stop(previous["pid"], _port(previous["url"]))
         return deployment
 
     def _wait_ready(self, process: subprocess.Popen, url: str, log_path: Path) -> None:
@@ -227,7 +231,7 @@ class LocalServing:
         state = self._state()
         self._stop_pending(state)
         if active := state.pop("active", None):
-            _stop(active["pid"], int(active["url"].rsplit(":", 1)[1]))
+            _stop(active["pid"], _port(active["url"]))
         self._save(state)
 
 

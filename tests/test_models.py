@@ -22,7 +22,7 @@ from orchestration.definitions import defs
 from resources.agent.responses_agent import INPUT_EXAMPLE
 from resources.deployment import DeploymentResource
 from resources.mlflow import MlflowResource
-from resources.serving import _is_our_server, post_json
+from resources.serving import _is_our_server, _port, post_json
 from tests.conftest import PROJECT_DIR, edit
 from tests.fake_databricks import FakeServingWorkspace
 
@@ -109,7 +109,7 @@ def test_local_deploy_replace_fail_and_roll_back_leave_no_orphans(agent_project:
             assert second.success, failure(second)
             url2 = second.asset_materializations_for_node("agent_deployment")[0].metadata["endpoint"].value
             pids.append(serving_state(agent_project)["active"]["pid"])
-            assert url2 != url and not _is_our_server(pids[0], int(url.rsplit(":", 1)[1]))
+            assert url2 != url and not _is_our_server(pids[0], _port(url))
             answer, _ = post_json(f"{url2}/invocations", INPUT_EXAMPLE)
             assert answer["custom_outputs"]["prompt_versions"]["support_system"] == 2
             assert client.get_model_version(MODEL, "2").tags[PREVIOUS_CHAMPION] == "1"
@@ -134,7 +134,7 @@ def test_local_deploy_replace_fail_and_roll_back_leave_no_orphans(agent_project:
                 "support_system": 2, "support_answer": 1}  # version 1 of the model, today's production prompts
             assert int(alias_version(client, MODEL, CHAMPION).version) == 1
             assert ROLLED_BACK_AT in client.get_model_version(MODEL, "2").tags
-            assert not _is_our_server(pids[1], int(url2.rsplit(":", 1)[1]))
+            assert not _is_our_server(pids[1], _port(url2))
     finally:
         resources["deployment"].target(client.tracking_uri, "agent-under-test").stop()
         if leftover.poll() is None:

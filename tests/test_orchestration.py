@@ -14,7 +14,7 @@ import pytest
 
 from assets.traces.assets import CHECKS, trace_warehouse
 from resources.mlflow import MlflowResource
-from resources.serving import _is_our_server
+from resources.serving import _is_our_server, _port
 from resources.warehouse import CONTRACT_TABLES, WarehouseResource
 from tests.conftest import Store
 
@@ -130,7 +130,7 @@ def test_demo_command_seeds_materializes_and_reports(tmp_path: Path):
     stopped = subprocess.run([*LLMOPS, "stop-serving"], cwd=PROJECT_DIR, env=_env(tmp_path), capture_output=True,
                              text=True, timeout=120)
     assert stopped.returncode == 0 and f"Stopped the server of version 1 at {state['url']}" in stopped.stdout
-    assert not _is_our_server(state["pid"], int(state["url"].rsplit(":", 1)[1]))
+    assert not _is_our_server(state["pid"], _port(state["url"]))
 
 
 def test_bad_tracking_uri_fails_with_masked_uri(tmp_path: Path):
