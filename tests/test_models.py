@@ -207,30 +207,22 @@ def test_databricks_deploy_update_and_rollback_through_the_sdk(agent_project: di
     assert artifacts and not any(TOKEN.encode() in p.read_bytes() for p in artifacts)
 
 
-def test_databricks_endpoint_that_never_gets_ready_keeps_the_champion(agent_project: dict, databricks_env):
+@pytest.mark.parametrize("mode, message", [
+    ("never_ready", "did not finish updating to version 2 within 3 s"),  # Databricks keeps the old config serving
+    ("broken", "model failed to load: ImportError"),  # the smoke test fails: the old config is put back
+])
+def test_a_databricks_deployment_that_fails_keeps_the_champion_serving(agent_project: dict, databricks_env, mode,
+                                                                       message):
     client, resources = agent_project["client"], agent_project["resources"]
     fake = databricks_env("ok")
     with dg.instance_for_test() as instance:
         assert materialize(["agent_model", "agent_deployment"], resources, instance).success
-        fake.mode = "never_ready"
+        fake.mode = mode
         new_prompt_version(agent_project)
-        stuck = materialize(["agent_model", "agent_deployment"], resources, instance)
-    assert not stuck.success
-    assert "did not finish updating to version 2 within 3 s" in failure(stuck)
+        failed = materialize(["agent_model", "agent_deployment"], resources, instance)
+    assert not failed.success and message in failure(failed)
     assert fake.served_version("agent-prod") == "1" and int(alias_version(client, MODEL, CHAMPION).version) == 1
     assert int(alias_version(client, MODEL, CHALLENGER).version) == 2
-
-
-def test_databricks_smoke_failure_restores_the_previous_version(agent_project: dict, databricks_env):
-    client, resources = agent_project["client"], agent_project["resources"]
-    fake = databricks_env("ok")
-    with dg.instance_for_test() as instance:
-        assert materialize(["agent_model", "agent_deployment"], resources, instance).success
-        fake.mode = "broken"
-        new_prompt_version(agent_project)
-        broken = materialize(["agent_model", "agent_deployment"], resources, instance)
-    assert not broken.success and "model failed to load: ImportError" in failure(broken)
-    assert fake.served_version("agent-prod") == "1" and int(alias_version(client, MODEL, CHAMPION).version) == 1
 
 
 def test_bad_deployment_config_names_the_problem(agent_project: dict):
