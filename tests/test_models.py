@@ -15,9 +15,9 @@ import dagster as dg
 import pytest
 from mlflow import MlflowClient
 
-from assets.models.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, ROLLED_BACK_AT, alias_version
+from assets.models.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, alias_version
 from assets.prompts.files import load_prompt_files
-from assets.prompts.registry import promote_together, sync_prompts
+from assets.prompts.registry import ROLLED_BACK_AT, promote_together, sync_prompts
 from orchestration.definitions import defs
 from resources.agent.responses_agent import INPUT_EXAMPLE
 from resources.deployment import DeploymentResource

@@ -8,23 +8,27 @@ import dagster as dg
 from mlflow import MlflowClient
 from pydantic import Field
 
+from assets.evals.runner import PROMPT_TAG_PREFIX
 from assets.failures import run_failures
 from assets.models.registry import (
     CHALLENGER,
     CHAMPION,
     DEPLOYED_AT,
     ENDPOINT_TAG,
-    EVAL_RUN_TAG,
     PREVIOUS_CHAMPION,
-    PROMPT_TAG_PREFIX,
-    ROLLED_BACK_AT,
     SMOKE_TAG,
     alias_version,
     register_agent,
 )
 from assets.prompts.assets import AGENT_PROMPTS
-from assets.prompts.registry import COMMIT_TAG, PRODUCTION, git_commit, prompt_state
-from assets.prompts.registry import EVAL_RUN_TAG as PROMPT_EVAL_RUN_TAG
+from assets.prompts.registry import (
+    COMMIT_TAG,
+    EVAL_RUN_TAG,
+    PRODUCTION,
+    ROLLED_BACK_AT,
+    git_commit,
+    prompt_state,
+)
 from assets.traces.quality import markdown_table
 from resources.agent.responses_agent import INPUT_EXAMPLE
 from resources.deployment import DeploymentResource
@@ -50,9 +54,9 @@ def agent_model(context: dg.AssetExecutionContext, mlflow: MlflowResource,
             raise dg.Failure(description=f"No production version of {missing}: release the prompts first "
                              "(the prompt_release job).")
         prompt_versions = {name: int(v.version) for name, v in productions.items()}
-        evidence = {PROMPT_EVAL_RUN_TAG: v.tags[PROMPT_EVAL_RUN_TAG] for v in productions.values()
-                    if PROMPT_EVAL_RUN_TAG in (v.tags or {})}
-        tags = {EVAL_RUN_TAG: evidence.get(PROMPT_EVAL_RUN_TAG, "")}
+        # the evaluation that promoted the production prompts (promoted together, so one run for all)
+        tags = {EVAL_RUN_TAG: next((v.tags[EVAL_RUN_TAG] for v in productions.values()
+                                    if EVAL_RUN_TAG in (v.tags or {})), "")}
         if commit := git_commit(PROJECT_DIR):
             tags[COMMIT_TAG] = commit
         mlflow.make_current()
