@@ -1,5 +1,7 @@
 """The feedback loop on a real MLflow store, a real warehouse and a real Dagster instance: negative feedback
-becomes review-queue items exactly once, through the sensor (build_sensor_context) and the labeling job."""
+becomes review-queue items exactly once, through the sensor (build_sensor_context) and the labeling job; on a
+`databricks` tracking URI, items of Databricks labeling sessions (the real mlflow.genai.labeling and
+databricks-agents against a loopback Review App)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from resources.trace_sources import SqlTrackingStore
 from resources.user_files import UserFilesResource
 from resources.warehouse import WarehouseResource
 from tests.conftest import PROJECT_DIR
+from tests.fake_databricks import FakeReviewAppWorkspace
 
 
 @pytest.fixture
@@ -221,3 +224,42 @@ def test_a_run_launched_without_a_batch_routes_every_feedback_once(loop: dict):
         meta = backfill.asset_materializations_for_node("labeling_sessions")[0].metadata
         assert (meta["feedback_in_batch"].value, meta["traces_added"].value) == (7, 2)
     assert queue_items(loop) == {today(): sorted(loop["traces"][:3] + loop["traces"][5:7])}
+
+
+TOKEN = "dapi-review-secret-0123"
+
+
+def test_databricks_labeling_sessions_get_each_trace_once_across_a_failed_run(loop: dict, monkeypatch):
+    with FakeReviewAppWorkspace({loop["experiment_id"]: "/Users/lead/support"}, fail_adds=1) as workspace:
+        monkeypatch.setenv("DATABRICKS_HOST", workspace.url)
+        monkeypatch.setenv("DATABRICKS_TOKEN", TOKEN)
+        databricks = {**loop["resources"], "mlflow": MlflowResource(tracking_uri="databricks")}
+        loop["rules"].write_text(loop["rules"].read_text().replace("controls_share: 0.0", "controls_share: 0.5"))
+        negatives, positives = loop["traces"][:5], loop["traces"][5:8]
+        thumbs(loop, negatives, False)
+        thumbs(loop, positives, True)
+        extract(loop)
+        with dg.instance_for_test() as instance:
+            (request,) = tick(loop, instance, None).run_requests
+            failed = run(loop, instance, request, resources=databricks)  # the Review App refuses the items once
+            assert not failed.success
+            assert "temporarily unavailable" in failed.failure_data_for_node("labeling_sessions").error.message
+            assert workspace.session_traces() == {today(): []}  # the session was created, nothing added
+            retried = run(loop, instance, request, resources=databricks)
+            assert retried.success
+            assert run(loop, instance, request, resources=databricks).success  # once more: nothing twice
+            events = [str(e) for r in (failed, retried) for e in r.all_events]
+            progress = retried.asset_materializations_for_node("labeling_progress")[0].metadata
+        # every negative and, as controls, the 3 positives (5 wanted); linked to the session's run, tagged
+        assert workspace.session_traces() == {today(): sorted(negatives + positives)}
+        (app,) = workspace.apps.values()
+        assert app["experiment_id"] == loop["experiment_id"]
+        assert {s["name"] for s in app["labeling_schemas"]} >= {"answer_correct", "expected_answer"}
+        (session,) = workspace.sessions.values()
+        assert session["assigned_users"] == ["support-lead@example.com"]
+        assert [s["name"] for s in session["labeling_schemas"]] == ["answer_correct", "expected_answer"]
+        assert workspace.linked == {session["mlflow_run_id"]: set(negatives + positives)}
+        assert {t: tags[CONTROL_TAG] for t, tags in workspace.trace_tags.items()} == dict.fromkeys(positives, "thumbs_down")
+        assert (progress["sessions"].value, progress["pending"].value) == (1, 8)
+        assert {r["auth"] for r in workspace.requests} == {f"Bearer {TOKEN}"}
+        assert not any(TOKEN in e for e in events)

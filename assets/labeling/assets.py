@@ -1,4 +1,5 @@
-"""Group `labeling`: new negative feedback turned into labeling sessions (MLflow review queues), and their progress."""
+"""Group `labeling`: new negative feedback turned into labeling sessions (MLflow review queues, or Databricks
+labeling sessions on a `databricks` tracking URI), and their progress."""
 
 import time
 from datetime import datetime, timezone
@@ -7,8 +8,9 @@ import dagster as dg
 from pydantic import Field
 
 from assets.failures import run_failures
+from assets.labeling.backends import LabelingBackend, labeling_backend
 from assets.labeling.rules import RulesFileError, load_rules
-from assets.labeling.sessions import ReviewQueues, add_to_sessions, feedback_rows, progress_rows
+from assets.labeling.sessions import add_to_sessions, feedback_rows, progress_rows
 from assets.traces.quality import markdown_table
 from resources.mlflow import MlflowResource
 from resources.user_files import UserFilesResource
@@ -35,23 +37,28 @@ def _rules(user_files: UserFilesResource):
         raise dg.Failure(description=str(exc)) from None
 
 
+def _backend(mlflow: MlflowResource) -> LabelingBackend:
+    try:
+        return labeling_backend(mlflow.tracking_uri)
+    except RuntimeError as exc:
+        raise dg.Failure(description=str(exc)) from None
+
+
 @dg.asset(
     **COMMON, deps=["assessments"], pool="labeling",
     description="Traces with new negative feedback (labeling/rules.yaml) added to their rule's labeling session — an "
-    "MLflow review queue with the rule's reviewers and label schemas — at most once per rule, plus a share of "
+    "MLflow review queue, or a Databricks labeling session, with the rule's reviewers and label schemas — at most once per rule, plus a share of "
     "positive-feedback traces as controls.",
 )
 def labeling_sessions(context: dg.AssetExecutionContext, config: LabelingBatch, mlflow: MlflowResource,
                       warehouse: WarehouseResource, user_files: UserFilesResource) -> dg.MaterializeResult:
     rules = _rules(user_files)
-    if mlflow.tracking_uri.startswith("databricks"):
-        raise dg.Failure(description="Labeling sessions on Databricks (mlflow.genai.labeling) are not supported yet; "
-                         "this platform routes feedback into review queues of MLflow tracking stores.")
+    backend = _backend(mlflow)
     with warehouse.connect(read_only=True) as con, run_failures(mlflow):
         rows = feedback_rows(con, config.assessment_ids or None)
         mlflow.make_current()
         until = config.until_ms if config.until_ms is not None else max((r.last_updated_ms for r in rows), default=0)
-        changes = add_to_sessions(ReviewQueues(), rules, rows, con, mlflow.tracking_uri,
+        changes = add_to_sessions(backend, rules, rows, con, mlflow.tracking_uri,
                                   config.batch_key or context.run_id, until)
     for change in changes:
         context.log.info(f"{change.session} (experiment {change.experiment_id}): +{change.added} traces, "
@@ -78,7 +85,7 @@ def labeling_progress(mlflow: MlflowResource, warehouse: WarehouseResource,
         experiments = [r[0] for r in con.execute("SELECT DISTINCT experiment_id FROM traces ORDER BY 1").fetchall()]
     with run_failures(mlflow):
         mlflow.make_current()
-        rows = progress_rows(ReviewQueues(), rules, experiments, int(time.time() * 1000))
+        rows = progress_rows(_backend(mlflow), rules, experiments, int(time.time() * 1000))
     with warehouse.connect() as con:
         con.execute("""CREATE OR REPLACE TABLE labeling_progress (session VARCHAR, rule VARCHAR, experiment_id VARCHAR,
             reviewers VARCHAR, items INTEGER, pending INTEGER, completed INTEGER, declined INTEGER,
