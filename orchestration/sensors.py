@@ -14,11 +14,20 @@ from assets.labeling.rules import load_rules
 from assets.labeling.sessions import feedback_after, matches
 from assets.prompts.files import folder_digest
 from orchestration.jobs import labeling_job, prompt_release_job
+from resources.settings import LLMOPS_FEEDBACK_SETTLE_S, env_float
 from resources.user_files import UserFilesResource
 from resources.warehouse import WarehouseResource, retry_while_locked
 
 FEEDBACK_PAGE = 500  # feedback rows per run request
 TICK_BUDGET_S = 30.0  # a sensor evaluation must end within 60 s
+
+
+def feedback_horizon_ms(con: duckdb.DuckDBPyConnection) -> int | None:
+    """Feedback last updated after this may not all be in the warehouse yet: the last extract's read of the
+    source, less LLMOPS_FEEDBACK_SETTLE_S for writes still committing then (and clocks apart). The cursor never
+    passes it, so feedback that becomes visible late is not skipped."""
+    read_ms = con.execute("SELECT max(source_read_ms) FROM _extract_runs").fetchone()[0]
+    return None if read_ms is None else read_ms - int(env_float(LLMOPS_FEEDBACK_SETTLE_S, 60.0) * 1000)
 
 
 @dg.sensor(
@@ -40,8 +49,8 @@ def prompt_files_sensor(context: dg.SensorEvaluationContext, user_files: UserFil
 
 @dg.sensor(
     job=labeling_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Reads new feedback from the warehouse in (last-updated time, assessment id) order — its cursor — and "
-    "requests one labeling run per page that holds feedback matching a rule (labeling/rules.yaml). The run key names "
+    description="Reads new feedback from the warehouse in (last-updated time, assessment id) order — its cursor — up "
+    "to the last extract's read time less LLMOPS_FEEDBACK_SETTLE_S, and requests one labeling run per page that holds feedback matching a rule (labeling/rules.yaml). The run key names "
     "the page, so a re-evaluated tick starts nothing twice; runs retry, and a retried batch adds nothing twice.",
 )
 def negative_feedback_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource,
@@ -56,8 +65,9 @@ def negative_feedback_sensor(context: dg.SensorEvaluationContext, warehouse: War
         return dg.SkipReason("the warehouse is being written; trying again at the next tick")
     requests, deadline = [], time.monotonic() + TICK_BUDGET_S
     try:
-        while time.monotonic() < deadline:
-            rows = feedback_after(con, (cursor["last_updated_ms"], cursor["assessment_id"]), FEEDBACK_PAGE)
+        horizon = feedback_horizon_ms(con)
+        while horizon is not None and time.monotonic() < deadline:
+            rows = feedback_after(con, (cursor["last_updated_ms"], cursor["assessment_id"]), FEEDBACK_PAGE, horizon)
             if not rows:
                 break
             matching = [r.assessment_id for r in rows if any(matches(rule, r) for rule in rules.rules)]

@@ -142,6 +142,11 @@ MIGRATIONS: list[str] = [
         trace_id VARCHAR
     );
     """,
+    # 4: when each extract started reading the source (epoch ms, this machine's clock). What the source had
+    # committed by then is in the warehouse, so the labeling sensor reads feedback only up to that time.
+    """
+    ALTER TABLE _extract_runs ADD COLUMN source_read_ms BIGINT;
+    """,
 ]
 
 CONTRACT_TABLES = ("traces", "spans", "trace_tags", "trace_metadata", "assessments")

@@ -52,6 +52,7 @@ def test_migration_2_backfills_trace_time_on_an_existing_warehouse(seeded_store:
                               ("trace_tags", "trace_timestamp_ms"), ("assessments", "trace_timestamp_ms")):
             con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         con.execute("DROP TABLE eval_runs; DROP TABLE eval_results")  # migration 3
+        con.execute("ALTER TABLE _extract_runs DROP COLUMN source_read_ms")  # migration 4
         con.execute("DELETE FROM _schema_version WHERE version >= 2")
     result = extract_traces(SqlTrackingStore(seeded_store.uri), warehouse_path)
     assert result.mode == "unchanged"
@@ -83,7 +84,10 @@ def test_rerun_with_nothing_new_changes_nothing(seeded_store: Store, warehouse_p
     before = table_dump(warehouse_path)
     result = extract_traces(source, warehouse_path)
     assert (result.mode, result.changed_traces, result.deleted_traces) == ("unchanged", 0, 0)
-    assert table_dump(warehouse_path) == before
+    after = table_dump(warehouse_path)
+    runs = after.pop("_extract_runs")  # the run itself is recorded, with when it read the source
+    assert sorted(r[2] for r in runs) == ["full", "unchanged"] and all(r[-1] for r in runs)
+    assert after == {t: rows for t, rows in before.items() if t != "_extract_runs"}
 
 
 def make_late_changes(store: Store) -> None:

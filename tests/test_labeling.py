@@ -35,8 +35,10 @@ from tests.fake_databricks import FakeReviewAppWorkspace
 
 
 @pytest.fixture
-def loop(empty_store_file: Path, tmp_path: Path):
-    """20 agent traces without feedback in a fresh store, a warehouse path, rules without controls, resources."""
+def loop(empty_store_file: Path, tmp_path: Path, monkeypatch):
+    """20 agent traces without feedback in a fresh store, a warehouse path, rules without controls, resources;
+    feedback is routable as soon as an extract has read it (no settling time)."""
+    monkeypatch.setenv("LLMOPS_FEEDBACK_SETTLE_S", "0")
     store = tmp_path / "mlflow.db"
     shutil.copyfile(empty_store_file, store)
     uri = f"sqlite:///{store}"
@@ -163,6 +165,25 @@ def test_equal_last_updated_times_are_neither_skipped_nor_repeated(loop: dict):
         (request,) = tick(loop, instance, None).run_requests
         assert run(loop, instance, request).success
     assert queue_items(loop) == {today(): sorted(loop["traces"][:7])}
+
+
+def test_the_cursor_waits_for_feedback_that_may_still_be_committing(loop: dict, monkeypatch):
+    monkeypatch.setenv("LLMOPS_FEEDBACK_SETTLE_S", "60")
+    thumbs(loop, loop["traces"][:3], False)
+    extract(loop)
+    with sqlite3.connect(loop["store"]) as db:  # two were last updated well before the extract, one just before
+        db.execute("UPDATE assessments SET last_updated_timestamp = last_updated_timestamp - 120000 "
+                   "WHERE trace_id IN (?, ?)", loop["traces"][:2])
+    extract(loop)
+    with dg.instance_for_test() as instance:
+        first = tick(loop, instance, None)
+        (request,) = first.run_requests  # within the last 60 s, the third may have company still committing
+        assert len(request.run_config["ops"]["labeling_sessions"]["config"]["assessment_ids"]) == 2
+        assert not tick(loop, instance, first.cursor).run_requests
+        with duckdb.connect(loop["resources"]["warehouse"].path) as con:  # a later extract, a minute on
+            con.execute("UPDATE _extract_runs SET source_read_ms = source_read_ms + 60000")
+        (later,) = tick(loop, instance, first.cursor).run_requests
+        assert len(later.run_config["ops"]["labeling_sessions"]["config"]["assessment_ids"]) == 1
 
 
 def test_controls_and_rolling_sessions(loop: dict):

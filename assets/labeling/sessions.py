@@ -57,12 +57,15 @@ def matches(rule: Rule, row: FeedbackRow) -> bool:
 _SELECT = f"SELECT {', '.join(FEEDBACK_COLUMNS)} FROM assessments WHERE assessment_type = 'feedback' AND valid"
 
 
-def feedback_after(con: duckdb.DuckDBPyConnection, cursor: tuple[int, str], limit: int) -> list[FeedbackRow]:
-    """The next feedback rows in (last_updated_ms, assessment_id) order after `cursor`: equal times are ordered
-    by id, so none is skipped or seen twice."""
+def feedback_after(con: duckdb.DuckDBPyConnection, cursor: tuple[int, str], limit: int,
+                   until_ms: int | None = None) -> list[FeedbackRow]:
+    """The next feedback rows in (last_updated_ms, assessment_id) order after `cursor`, last updated by
+    `until_ms`: equal times are ordered by id, so none is skipped or seen twice."""
     ts, last_id = cursor
+    until = until_ms if until_ms is not None else 2**62
     rows = con.execute(f"{_SELECT} AND (last_updated_ms > ? OR (last_updated_ms = ? AND assessment_id > ?)) "
-                       "ORDER BY last_updated_ms, assessment_id LIMIT ?", [ts, ts, last_id, limit]).fetchall()
+                       "AND last_updated_ms <= ? ORDER BY last_updated_ms, assessment_id LIMIT ?",
+                       [ts, ts, last_id, until, limit]).fetchall()
     return [FeedbackRow(*row) for row in rows]
 
 

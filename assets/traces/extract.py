@@ -168,6 +168,7 @@ def extract_traces(
         def rel(table: str) -> str:
             return source.relation(con, table, only_changed=False)
 
+        source_read_ms = int(time.time() * 1000)
         con.execute(f"CREATE TEMP TABLE _source_state AS {fingerprint_sql(rel)}")
         source_traces = con.execute("SELECT count(*) FROM _source_state").fetchone()[0]
         progress(f"fingerprinted {source_traces} traces in {source.label}")
@@ -192,6 +193,7 @@ def extract_traces(
         if changed == 0 and deleted == 0:
             result.mode = "unchanged"
             result.seconds = time.monotonic() - started
+            _record_run(con, result, source_read_ms)
             progress("warehouse is up to date: nothing changed in the source")
             return result
 
@@ -226,13 +228,7 @@ def extract_traces(
             [source.label])
         result.bad_span_count, result.bad_spans = _bad_spans(con)
         result.seconds = time.monotonic() - started
-        con.execute(
-            f"""INSERT INTO {_WAREHOUSE}._extract_runs
-                SELECT now()::TIMESTAMP, ?, ?, ?, ?, ?,
-                       (SELECT max(timestamp_ms) FROM _source_state),
-                       (SELECT max(last_updated_ms) FROM {_WAREHOUSE}.assessments), ?""",
-            [source.label, result.mode, source_traces, changed, deleted, result.seconds],
-        )
+        _record_run(con, result, source_read_ms)
         con.execute("COMMIT")
         progress(f"committed {changed} traces in {time.monotonic() - started:.1f}s")
         for trace_id, span_id, reason in result.bad_spans:
@@ -240,6 +236,16 @@ def extract_traces(
         return result
     finally:
         con.close()
+
+
+def _record_run(con: duckdb.DuckDBPyConnection, result: ExtractResult, source_read_ms: int) -> None:
+    con.execute(
+        f"""INSERT INTO {_WAREHOUSE}._extract_runs
+            SELECT now()::TIMESTAMP, ?, ?, ?, ?, ?, (SELECT max(timestamp_ms) FROM _source_state),
+                   (SELECT max(last_updated_ms) FROM {_WAREHOUSE}.assessments), ?, ?""",
+        [result.source, result.mode, result.source_traces, result.changed_traces, result.deleted_traces,
+         result.seconds, source_read_ms],
+    )
 
 
 def _bad_spans(con: duckdb.DuckDBPyConnection, shown: int = 20) -> tuple[int, list[tuple[str, str, str]]]:
