@@ -17,6 +17,7 @@ from assets.models.assets import agent_deployment, agent_model  # noqa: E402
 from assets.prompts.assets import prompt_production, prompt_registry  # noqa: E402
 from assets.traces.assets import trace_warehouse  # noqa: E402
 from orchestration.jobs import JOBS  # noqa: E402
+from orchestration.schedules import SCHEDULES  # noqa: E402
 from orchestration.sensors import SENSORS  # noqa: E402
 from resources.deployment import DeploymentResource  # noqa: E402
 from resources.mlflow import MlflowResource  # noqa: E402
@@ -27,6 +28,7 @@ defs = dg.Definitions(
     assets=[trace_warehouse, insights_rollups, root_causes, insights_report, prompt_registry, prompt_evals,
             prompt_production, agent_model, agent_deployment, labeling_sessions, labeling_progress],
     jobs=JOBS,
+    schedules=SCHEDULES,
     sensors=SENSORS,
     resources={
         "mlflow": MlflowResource(

@@ -15,6 +15,13 @@ warehouse_refresh_job = dg.define_asset_job(
     description="Copy new and changed MLflow traces into the DuckDB warehouse, then refresh the insights "
     "(rollups, root causes, report).",
 )
+full_refresh_job = dg.define_asset_job(
+    "full_refresh",
+    selection=dg.AssetSelection.groups("traces", "insights"),
+    config={"ops": {"trace_warehouse": {"config": {"full_refresh": True}}}},
+    description="Re-read every trace from MLflow into the warehouse (not only new and changed ones) and rebuild the "
+    "insights: for backfills after changing the trace source or repairing the warehouse.",
+)
 prompt_release_job = dg.define_asset_job(
     "prompt_release",
     selection=dg.AssetSelection.assets("prompt_registry", "prompt_evals", "prompt_production"),
@@ -26,6 +33,12 @@ prompt_rollback_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("prompt_production"),
     config={"ops": {"prompt_production": {"config": {"action": "rollback"}}}},
     description="Move `production` back to the prompt versions the last promotion replaced.",
+)
+evals_job = dg.define_asset_job(
+    "evals",
+    selection=dg.AssetSelection.assets("prompt_evals"),
+    description="Evaluate the prompts at `candidate` and at `production` with the eval suites (the eval_gate check "
+    "runs too); nothing is promoted. Scheduled daily, so a change outside the prompts (tools, LLM) shows.",
 )
 agent_release_job = dg.define_asset_job(
     "agent_release",
@@ -47,4 +60,5 @@ labeling_job = dg.define_asset_job(
     "negative_feedback_sensor with the batch in its run config), then refresh labeling_progress.",
 )
 
-JOBS = [main_job, labeling_job, warehouse_refresh_job, prompt_release_job, prompt_rollback_job, agent_release_job, agent_rollback_job]
+JOBS = [main_job, labeling_job, warehouse_refresh_job, full_refresh_job, prompt_release_job, prompt_rollback_job,
+        evals_job, agent_release_job, agent_rollback_job]

@@ -14,12 +14,14 @@ from assets.labeling.rules import load_rules
 from assets.labeling.sessions import feedback_after, matches
 from assets.prompts.files import folder_digest
 from orchestration.jobs import labeling_job, prompt_release_job
+from orchestration.schedules import automation_on
 from resources.settings import LLMOPS_FEEDBACK_SETTLE_S, env_float
 from resources.user_files import UserFilesResource
 from resources.warehouse import WarehouseResource, retry_while_locked
 
 FEEDBACK_PAGE = 500  # feedback rows per run request
 TICK_BUDGET_S = 30.0  # a sensor evaluation must end within 60 s
+SENSOR_STATUS = dg.DefaultSensorStatus.RUNNING if automation_on() else dg.DefaultSensorStatus.STOPPED
 
 
 def feedback_horizon_ms(con: duckdb.DuckDBPyConnection) -> int | None:
@@ -31,7 +33,7 @@ def feedback_horizon_ms(con: duckdb.DuckDBPyConnection) -> int | None:
 
 
 @dg.sensor(
-    job=prompt_release_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+    job=prompt_release_job, minimum_interval_seconds=30, default_status=SENSOR_STATUS,
     description="Watches the content hash of the prompt files (LLMOPS_PROMPTS_DIR) and launches prompt_release "
     "once per change. The cursor counts changes, so reverting a file to earlier content is a new change too.",
 )
@@ -48,7 +50,7 @@ def prompt_files_sensor(context: dg.SensorEvaluationContext, user_files: UserFil
 
 
 @dg.sensor(
-    job=labeling_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+    job=labeling_job, minimum_interval_seconds=60, default_status=SENSOR_STATUS,
     description="Reads new feedback from the warehouse in (last-updated time, assessment id) order — its cursor — up "
     "to the last extract's read time less LLMOPS_FEEDBACK_SETTLE_S, and requests one labeling run per page that holds feedback matching a rule (labeling/rules.yaml). The run key names "
     "the page, so a re-evaluated tick starts nothing twice; runs retry, and a retried batch adds nothing twice.",

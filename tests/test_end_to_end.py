@@ -1,0 +1,177 @@
+"""The platform as a user runs it from the Dagster UI: dagster-webserver and dagster-daemon on 127.0.0.1 with
+workspace.yaml and a fresh DAGSTER_HOME, jobs launched through the webserver's GraphQL API as the UI launches
+them, then the warehouse, the prompt aliases, the deployment and the review queue checked in the real systems."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import mlflow
+import pytest
+from mlflow.genai import review_queues
+
+from resources.serving import _is_our_server, _port, post_json
+from resources.warehouse import CONTRACT_TABLES
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+REPOSITORY = {"repositoryLocationName": "llmops", "repositoryName": "__repository__"}
+TRACES = 30
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    members.append(int(entry.name))
+            except ProcessLookupError:
+                pass
+    return members
+
+
+@contextmanager
+def dagster_services(env: dict[str, str]) -> Iterator[str]:
+    """dagster-webserver and dagster-daemon, each in its own process group (their code servers and run workers
+    join it); yields the webserver URL; on exit stops both and checks that no process of theirs is left."""
+    port = _free_port()
+    commands = [[sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
+                [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"]]
+    logs = Path(env["LLMOPS_HOME"])
+    services = [subprocess.Popen(command, cwd=PROJECT_DIR, env=env, start_new_session=True,
+                                 stdout=open(logs / f"service{i}.log", "w"), stderr=subprocess.STDOUT)
+                for i, command in enumerate(commands)]
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            for i, service in enumerate(services):
+                assert service.poll() is None, (logs / f"service{i}.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"{url}/server_info", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "dagster-webserver did not start"
+                time.sleep(0.5)
+        yield url
+    finally:
+        for service in services:
+            try:
+                os.killpg(service.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for service in services:
+            service.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while (left := [p for s in services for p in _group_members(s.pid)]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not left, f"processes left behind: {left}"
+
+
+def graphql(url: str, query: str, variables: dict | None = None) -> dict:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    request = urllib.request.Request(f"{url}/graphql", data=body, headers={"Content-Type": "application/json"})
+    answer = json.load(urllib.request.urlopen(request, timeout=120))
+    assert "errors" not in answer, answer["errors"]
+    return answer["data"]
+
+
+LAUNCH = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
+  ... on RunConfigValidationInvalid { errors { message } } } }"""
+STATUS = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"""
+FAILURES = """query($id: ID!) { logsForRun(runId: $id) { ... on EventConnection { events {
+  __typename ... on ExecutionStepFailureEvent { stepKey error { message } } } } } }"""
+
+
+def launch_and_wait(url: str, job: str, timeout_s: float = 600) -> None:
+    """Launch `job` as the UI's Launchpad does, and wait until the daemon has run it to success."""
+    launched = graphql(url, LAUNCH, {"params": {"selector": {**REPOSITORY, "jobName": job}, "runConfigData": {}}})
+    assert launched["launchRun"]["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["launchRun"]["run"]["runId"]
+    deadline = time.monotonic() + timeout_s
+    while (status := graphql(url, STATUS, {"id": run_id})["runOrError"]["status"]) not in ("SUCCESS", "FAILURE",
+                                                                                          "CANCELED"):
+        assert time.monotonic() < deadline, f"{job} still {status}"
+        time.sleep(1)
+    if status != "SUCCESS":
+        events = graphql(url, FAILURES, {"id": run_id})["logsForRun"]["events"]
+        pytest.fail(f"{job} ended {status}: {[e for e in events if e.get('stepKey')]}")
+
+
+@pytest.fixture
+def user_env(tmp_path: Path) -> dict[str, str]:
+    """A newcomer's environment: only LLMOPS_HOME set (everything else is the embedded default), automation off
+    so that only the launched runs run; seeded with demo traffic by `llmops seed-demo`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMOPS_", "DAGSTER_", "MLFLOW_"))}
+    home = tmp_path / "home"
+    env |= {"LLMOPS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "LLMOPS_AUTOMATION": "off",
+            "PYTHONPATH": str(PROJECT_DIR)}
+    done = subprocess.run([sys.executable, "-m", "orchestration.cli", "seed-demo", "--traces", str(TRACES)],
+                          cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return env
+
+
+def test_jobs_launched_from_the_ui_build_the_whole_platform(user_env: dict[str, str]):
+    home = Path(user_env["LLMOPS_HOME"])
+    with dagster_services(user_env) as url:
+        nodes = graphql(url, "{ assetNodes { assetKey { path } groupName description owners { "
+                        "... on TeamAssetOwner { team } } kinds hasAssetChecks } }")["assetNodes"]
+        assert len(nodes) == len(CONTRACT_TABLES) + 10
+        assert all(n["groupName"] != "default" and n["description"] and n["owners"] and n["kinds"] for n in nodes)
+        assert {n["assetKey"]["path"][0] for n in nodes if n["hasAssetChecks"]} == {*CONTRACT_TABLES, "prompt_evals"}
+        schedules = graphql(url, "query($r: RepositorySelector!) { schedulesOrError(repositorySelector: $r) { "
+                            "... on Schedules { results { name cronSchedule scheduleState { status } } } } }",
+                            {"r": REPOSITORY})["schedulesOrError"]["results"]
+        assert {(s["name"], s["cronSchedule"], s["scheduleState"]["status"]) for s in schedules} == {
+            ("warehouse_refresh_hourly", "0 * * * *", "STOPPED"), ("evals_daily", "0 6 * * *", "STOPPED")}
+
+        launch_and_wait(url, "main")
+        launch_and_wait(url, "agent_release")
+
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM traces").fetchone()[0] == TRACES
+        negatives = {r[0] for r in con.execute(
+            "SELECT DISTINCT trace_id FROM assessments WHERE name = 'user_thumbs' AND NOT bool_value "
+            "AND source_type = 'HUMAN' AND valid").fetchall()}
+        assert con.execute("SELECT count(*) FROM root_causes").fetchone()[0] > 0
+        assert con.execute("SELECT count(*) FROM eval_runs").fetchone()[0] >= 1
+        (queued,) = con.execute("SELECT sum(items) FROM labeling_progress").fetchone()
+    assert negatives and queued >= len(negatives)  # the negatives, plus controls
+
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    assert client.get_prompt_version_by_alias("support_system", "production").version == 1
+    experiment = client.get_experiment_by_name("llmops-demo")
+    (queue,) = review_queues.list_review_queues(experiment_id=experiment.experiment_id)
+    assert negatives <= {i.item_id for i in review_queues.list_review_queue_items(queue.queue_id, max_results=1000)}
+
+    state = json.loads((home / "serving" / "dev.json").read_text())["active"]
+    try:
+        answer, _ = post_json(f"{state['url']}/invocations",
+                              {"input": [{"role": "user", "content": "How do I refresh a dashboard?"}]})
+        assert "kb-" in json.dumps(answer)
+        assert client.get_model_version_by_alias("llmops_support_agent", "champion").version == state["version"]
+    finally:
+        stopped = subprocess.run([sys.executable, "-m", "orchestration.cli", "stop-serving"], cwd=PROJECT_DIR,
+                                 env=user_env, capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not _is_our_server(state["pid"], _port(state["url"]))
