@@ -74,9 +74,9 @@ def _materialize(job_name: str, run_config: dict | None = None) -> None:
 @main.command("extract")
 @click.option("--full-refresh", is_flag=True, help="Re-read every trace, not only new and changed ones.")
 def extract_command(full_refresh: bool) -> None:
-    """Copy new and changed traces into the warehouse (the `warehouse_refresh` job)."""
+    """Copy new and changed traces into the warehouse (the `warehouse_refresh` job; `full_refresh` with the flag)."""
     _setup()
-    _materialize("warehouse_refresh", {"ops": {"trace_warehouse": {"config": {"full_refresh": full_refresh}}}})
+    _materialize("full_refresh" if full_refresh else "warehouse_refresh")
 
 
 @main.command("release-prompts")

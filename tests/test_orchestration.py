@@ -13,6 +13,7 @@ import duckdb
 import pytest
 
 from assets.traces.assets import CHECKS, trace_warehouse
+from orchestration.jobs import full_refresh_job
 from resources.mlflow import MlflowResource
 from resources.serving import _is_our_server, _port
 from resources.warehouse import CONTRACT_TABLES, WarehouseResource
@@ -91,9 +92,9 @@ def test_orphan_rows_fail_the_check(seeded_store: Store, warehouse_path: str):
         result = dg.materialize([trace_warehouse], resources=resources, instance=instance, raise_on_error=False)
         failed = {(c.asset_key.to_user_string(), c.check_name) for c in result.get_asset_check_evaluations() if not c.passed}
         assert failed == {("spans", "no_orphans")}
-        # A full refresh (run config, as from the UI's launchpad) rebuilds the tables: the stray row is gone.
-        refreshed = dg.materialize([trace_warehouse], resources=resources, instance=instance,
-                                   run_config={"ops": {"trace_warehouse": {"config": {"full_refresh": True}}}})
+        # The full_refresh job (over the traces group alone here) rebuilds the tables: the stray row is gone.
+        refresh = dg.Definitions(assets=[trace_warehouse], jobs=[full_refresh_job], resources=resources)
+        refreshed = refresh.resolve_job_def("full_refresh").execute_in_process(instance=instance)
         assert all(c.passed for c in refreshed.get_asset_check_evaluations())
         traces = next(m for m in refreshed.asset_materializations_for_node("trace_warehouse") if m.asset_key.path == ["traces"])
         assert (traces.metadata["mode"].value, traces.metadata["deleted_traces"].value) == ("full", 0)
