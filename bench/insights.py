@@ -22,6 +22,8 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
+from tqdm import tqdm
+
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 
@@ -85,8 +87,8 @@ def endpoint_latencies(warehouse: Path, experiment_id: str, repeats: int) -> dic
                 break
             except OSError:
                 time.sleep(0.2)
-        results = {}
-        for path, body in endpoint_bodies(experiment_id).items():
+        results, bodies = {}, endpoint_bodies(experiment_id)
+        for path, body in tqdm(bodies.items(), total=len(bodies), desc="endpoints", unit="endpoint"):
             request = urllib.request.Request(f"{url}{PREFIX}/{path}", data=json.dumps(body).encode(),
                                              headers={"Content-Type": "application/json"})
             times = []
@@ -99,7 +101,7 @@ def endpoint_latencies(warehouse: Path, experiment_id: str, repeats: int) -> dic
             times.sort()
             results[path] = {"p50_ms": round(statistics.median(times), 1),
                              "p95_ms": round(times[min(len(times) - 1, round(0.95 * (len(times) - 1)))], 1)}
-            print(f"  {path}: {results[path]}", flush=True)
+            tqdm.write(f"  {path}: {results[path]}")
         return results
     finally:
         server.terminate()

@@ -8,10 +8,13 @@ import os
 import dagster as dg
 
 from orchestration.jobs import evals_job, warehouse_refresh_job
-
-LLMOPS_AUTOMATION = "LLMOPS_AUTOMATION"
-LLMOPS_REFRESH_CRON = "LLMOPS_REFRESH_CRON"
-LLMOPS_EVALS_CRON = "LLMOPS_EVALS_CRON"
+from resources.settings import (
+    DEFAULT_EVALS_CRON,
+    DEFAULT_REFRESH_CRON,
+    LLMOPS_AUTOMATION,
+    LLMOPS_EVALS_CRON,
+    LLMOPS_REFRESH_CRON,
+)
 
 
 def automation_on() -> bool:
@@ -32,8 +35,8 @@ def _schedule(name: str, job, variable: str, default_cron: str, description: str
 
 
 SCHEDULES = [
-    _schedule("warehouse_refresh_hourly", warehouse_refresh_job, LLMOPS_REFRESH_CRON, "0 * * * *",
+    _schedule("warehouse_refresh_hourly", warehouse_refresh_job, LLMOPS_REFRESH_CRON, DEFAULT_REFRESH_CRON,
               "Copies new and changed traces into the warehouse and refreshes the insights (LLMOPS_REFRESH_CRON)."),
-    _schedule("evals_daily", evals_job, LLMOPS_EVALS_CRON, "0 6 * * *",
+    _schedule("evals_daily", evals_job, LLMOPS_EVALS_CRON, DEFAULT_EVALS_CRON,
               "Evaluates the candidate and production prompts (LLMOPS_EVALS_CRON); promotes nothing."),
 ]

@@ -15,7 +15,7 @@ from assets.labeling.sessions import feedback_after, matches
 from assets.prompts.files import folder_digest
 from orchestration.jobs import labeling_job, prompt_release_job
 from orchestration.schedules import automation_on
-from resources.settings import LLMOPS_FEEDBACK_SETTLE_S, env_float
+from resources.settings import DEFAULT_FEEDBACK_SETTLE_S, LLMOPS_FEEDBACK_SETTLE_S, env_float
 from resources.user_files import UserFilesResource
 from resources.warehouse import WarehouseResource, retry_while_locked
 
@@ -29,7 +29,7 @@ def feedback_horizon_ms(con: duckdb.DuckDBPyConnection) -> int | None:
     source, less LLMOPS_FEEDBACK_SETTLE_S for writes still committing then (and clocks apart). The cursor never
     passes it, so feedback that becomes visible late is not skipped."""
     read_ms = con.execute("SELECT max(source_read_ms) FROM _extract_runs").fetchone()[0]
-    return None if read_ms is None else read_ms - int(env_float(LLMOPS_FEEDBACK_SETTLE_S, 60.0) * 1000)
+    return None if read_ms is None else read_ms - int(env_float(LLMOPS_FEEDBACK_SETTLE_S, DEFAULT_FEEDBACK_SETTLE_S) * 1000)
 
 
 @dg.sensor(

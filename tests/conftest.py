@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,25 +105,36 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_serving(url: str, processes: list[subprocess.Popen], output: Callable[[], str],
+                       timeout_s: float = 120) -> None:
+    """Poll `url` until it answers; fail with the tail of `output()` if a process exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if any(p.poll() is not None for p in processes) or time.monotonic() > deadline:
+                for process in processes:
+                    process.kill()
+                pytest.fail(f"{url} did not start: {output()[-3000:]}")
+            time.sleep(0.3)
+
+
 @contextmanager
 def llmops_serve(env: dict[str, str]) -> Iterator[str]:
     """`llmops serve` in its own process on a free 127.0.0.1 port, with `env` added; yields its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "serve", "--port", str(port)],
                               cwd=PROJECT_DIR, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/openapi.json", timeout=2)
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail(f"server did not start: {server.stdout.read().decode()}")
-            time.sleep(0.2)
+    wait_until_serving(f"{url}/openapi.json", [server], lambda: server.stdout.read().decode(), timeout_s=60)
     try:
         yield url
     finally:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -16,21 +14,15 @@ from mlflow.entities import AssessmentSource, AssessmentSourceType
 from assets.traces.extract import extract_traces
 from resources.api_trace_source import ApiTrackingStore
 from resources.trace_sources import SourceError, SqlTrackingStore, source_for
-from tests.conftest import Store
+from tests.conftest import Store, free_port, wait_until_serving
 from tests.oracle import table_dump
 
 CONTRACT = ("traces", "spans", "trace_tags", "trace_metadata", "assessments")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(store: Store, tmp_path: Path):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.uri, "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1", "--default-artifact-root", str(tmp_path / "artifacts")],
@@ -38,15 +30,7 @@ def mlflow_server(store: Store, tmp_path: Path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            try:
-                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "mlflow server did not start"
-                time.sleep(0.5)
+        wait_until_serving(f"{url}/health", [proc], lambda: (tmp_path / "server.log").read_text())
         yield url
     finally:
         proc.terminate()
@@ -79,7 +63,7 @@ def test_api_source_over_rest_equals_sql_source(store: Store, mlflow_server: str
 def test_unreachable_server_fails_after_retries_naming_the_masked_uri(warehouse_path: str, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    uri = f"http://admin:s3cret@127.0.0.1:{_free_port()}"
+    uri = f"http://admin:s3cret@127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(SourceError) as failure:
         extract_traces(source_for(uri), warehouse_path)

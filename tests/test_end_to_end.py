@@ -1,13 +1,13 @@
 """The platform as a user runs it from the Dagster UI: dagster-webserver and dagster-daemon on 127.0.0.1 with
-workspace.yaml and a fresh DAGSTER_HOME, jobs launched through the webserver's GraphQL API as the UI launches
-them, then the warehouse, the prompt aliases, the deployment and the review queue checked in the real systems."""
+workspace.yaml and a fresh DAGSTER_HOME, jobs launched and a sensor started through the webserver's GraphQL API as
+the UI does, then the warehouse, the prompt aliases, the deployment and the review queue checked in the real
+systems."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,20 +19,16 @@ from pathlib import Path
 import duckdb
 import mlflow
 import pytest
+from mlflow.entities import AssessmentSource, AssessmentSourceType
 from mlflow.genai import review_queues
 
 from resources.serving import _is_our_server, _port, post_json
 from resources.warehouse import CONTRACT_TABLES
+from tests.conftest import free_port, wait_until_serving
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 REPOSITORY = {"repositoryLocationName": "llmops", "repositoryName": "__repository__"}
 TRACES = 30
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -51,7 +47,7 @@ def _group_members(pgid: int) -> list[int]:
 def dagster_services(env: dict[str, str]) -> Iterator[str]:
     """dagster-webserver and dagster-daemon, each in its own process group (their code servers and run workers
     join it); yields the webserver URL; on exit stops both and checks that no process of theirs is left."""
-    port = _free_port()
+    port = free_port()
     commands = [[sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
                 [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"]]
     logs = Path(env["LLMOPS_HOME"])
@@ -60,16 +56,8 @@ def dagster_services(env: dict[str, str]) -> Iterator[str]:
                 for i, command in enumerate(commands)]
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            for i, service in enumerate(services):
-                assert service.poll() is None, (logs / f"service{i}.log").read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"{url}/server_info", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "dagster-webserver did not start"
-                time.sleep(0.5)
+        wait_until_serving(f"{url}/server_info", services, lambda: "".join(
+            (logs / f"service{i}.log").read_text() for i in range(len(services))), timeout_s=180)
         yield url
     finally:
         for service in services:
@@ -101,11 +89,18 @@ FAILURES = """query($id: ID!) { logsForRun(runId: $id) { ... on EventConnection 
   __typename ... on ExecutionStepFailureEvent { stepKey error { message } } } } } }"""
 
 
+START_SENSOR = """mutation($s: SensorSelector!) { startSensor(sensorSelector: $s) { __typename } }"""
+RUNS = """query($job: String!) { runsOrError(filter: {pipelineName: $job}) { ... on Runs { results { runId } } } }"""
+
+
 def launch_and_wait(url: str, job: str, timeout_s: float = 600) -> None:
     """Launch `job` as the UI's Launchpad does, and wait until the daemon has run it to success."""
     launched = graphql(url, LAUNCH, {"params": {"selector": {**REPOSITORY, "jobName": job}, "runConfigData": {}}})
     assert launched["launchRun"]["__typename"] == "LaunchRunSuccess", launched
-    run_id = launched["launchRun"]["run"]["runId"]
+    wait_for_run(url, job, launched["launchRun"]["run"]["runId"], timeout_s)
+
+
+def wait_for_run(url: str, job: str, run_id: str, timeout_s: float = 600) -> None:
     deadline = time.monotonic() + timeout_s
     while (status := graphql(url, STATUS, {"id": run_id})["runOrError"]["status"]) not in ("SUCCESS", "FAILURE",
                                                                                           "CANCELED"):
@@ -116,14 +111,23 @@ def launch_and_wait(url: str, job: str, timeout_s: float = 600) -> None:
         pytest.fail(f"{job} ended {status}: {[e for e in events if e.get('stepKey')]}")
 
 
+def queued_traces(home: Path) -> set[str]:
+    """The traces in the demo experiment's (one) review queue."""
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    experiment = mlflow.MlflowClient().get_experiment_by_name("llmops-demo")
+    (queue,) = review_queues.list_review_queues(experiment_id=experiment.experiment_id)
+    return {i.item_id for i in review_queues.list_review_queue_items(queue.queue_id, max_results=1000)}
+
+
 @pytest.fixture
 def user_env(tmp_path: Path) -> dict[str, str]:
     """A newcomer's environment: only LLMOPS_HOME set (everything else is the embedded default), automation off
-    so that only the launched runs run; seeded with demo traffic by `llmops seed-demo`."""
+    so that only what the test starts runs, feedback routable at once; seeded with demo traffic by
+    `llmops seed-demo`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMOPS_", "DAGSTER_", "MLFLOW_"))}
     home = tmp_path / "home"
     env |= {"LLMOPS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "LLMOPS_AUTOMATION": "off",
-            "PYTHONPATH": str(PROJECT_DIR)}
+            "LLMOPS_FEEDBACK_SETTLE_S": "0", "PYTHONPATH": str(PROJECT_DIR)}
     done = subprocess.run([sys.executable, "-m", "orchestration.cli", "seed-demo", "--traces", str(TRACES)],
                           cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -147,6 +151,24 @@ def test_jobs_launched_from_the_ui_build_the_whole_platform(user_env: dict[str, 
         launch_and_wait(url, "main")
         launch_and_wait(url, "agent_release")
 
+        # Later, a user gives a thumbs down; the hourly refresh copies it, and the feedback sensor — started in
+        # the UI — has the daemon launch a labeling run that puts the trace up for review.
+        mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+        with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+            every = [r[0] for r in con.execute("SELECT trace_id FROM traces ORDER BY trace_id").fetchall()]
+        fresh = next(t for t in every if t not in queued_traces(home))
+        mlflow.log_feedback(trace_id=fresh, name="user_thumbs", value=False,
+                            source=AssessmentSource(AssessmentSourceType.HUMAN, "user-1"))
+        launch_and_wait(url, "warehouse_refresh")
+        started = graphql(url, START_SENSOR, {"s": {**REPOSITORY, "sensorName": "negative_feedback_sensor"}})
+        assert started["startSensor"]["__typename"] == "Sensor", started
+        deadline = time.monotonic() + 180
+        while not (runs := graphql(url, RUNS, {"job": "labeling"})["runsOrError"]["results"]):
+            assert time.monotonic() < deadline, "the sensor launched no labeling run"
+            time.sleep(2)
+        for run in runs:
+            wait_for_run(url, "labeling", run["runId"])
+
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM traces").fetchone()[0] == TRACES
         negatives = {r[0] for r in con.execute(
@@ -155,14 +177,11 @@ def test_jobs_launched_from_the_ui_build_the_whole_platform(user_env: dict[str, 
         assert con.execute("SELECT count(*) FROM root_causes").fetchone()[0] > 0
         assert con.execute("SELECT count(*) FROM eval_runs").fetchone()[0] >= 1
         (queued,) = con.execute("SELECT sum(items) FROM labeling_progress").fetchone()
-    assert negatives and queued >= len(negatives)  # the negatives, plus controls
+    assert fresh in negatives and queued >= len(negatives)  # the negatives, plus controls
 
-    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     assert client.get_prompt_version_by_alias("support_system", "production").version == 1
-    experiment = client.get_experiment_by_name("llmops-demo")
-    (queue,) = review_queues.list_review_queues(experiment_id=experiment.experiment_id)
-    assert negatives <= {i.item_id for i in review_queues.list_review_queue_items(queue.queue_id, max_results=1000)}
+    assert negatives <= queued_traces(home)
 
     state = json.loads((home / "serving" / "dev.json").read_text())["active"]
     try:

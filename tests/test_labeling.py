@@ -6,6 +6,7 @@ databricks-agents against a loopback Review App)."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import sqlite3
@@ -18,6 +19,7 @@ import mlflow
 import pytest
 from mlflow.entities import AssessmentSource, AssessmentSourceType
 from mlflow.genai import review_queues
+from mlflow.tracking._model_registry import utils as registry_utils
 
 from assets.labeling.rules import RulesFileError, load_rules
 from assets.labeling.sessions import CONTROL_TAG, feedback_after
@@ -251,6 +253,7 @@ TOKEN = "dapi-review-secret-0123"
 
 
 def test_databricks_labeling_sessions_get_each_trace_once_across_a_failed_run(loop: dict, monkeypatch):
+    registry_before = (registry_utils._registry_uri, os.environ.get("MLFLOW_REGISTRY_URI"))
     with FakeReviewAppWorkspace({loop["experiment_id"]: "/Users/lead/support"}, fail_adds=1) as workspace:
         monkeypatch.setenv("DATABRICKS_HOST", workspace.url)
         monkeypatch.setenv("DATABRICKS_TOKEN", TOKEN)
@@ -283,4 +286,6 @@ def test_databricks_labeling_sessions_get_each_trace_once_across_a_failed_run(lo
         assert {t: tags[CONTROL_TAG] for t, tags in workspace.trace_tags.items()} == dict.fromkeys(positives, "thumbs_down")
         assert (progress["sessions"].value, progress["pending"].value) == (1, 8)
         assert {r["auth"] for r in workspace.requests} == {f"Bearer {TOKEN}"}
+        # databricks-agents moved the process's model registry to Unity Catalog; labeling put it back
+        assert (registry_utils._registry_uri, os.environ.get("MLFLOW_REGISTRY_URI")) == registry_before
         assert not any(TOKEN in e for e in events)

@@ -40,6 +40,8 @@ def test_definitions_load_with_every_asset_in_its_group():
     assert [s.name for s in defs.sensors] == ["prompt_files_sensor", "negative_feedback_sensor"]
     assert {s.name: s.job_name for s in defs.schedules} == {"warehouse_refresh_hourly": "warehouse_refresh",
                                                            "evals_daily": "evals"}
+    for job in defs.jobs:  # each launches from the UI's Launchpad as it opens: no config to fill in
+        dg.validate_run_config(defs.resolve_job_def(job.name), {})
 
 
 def _load_definitions(env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -13,6 +13,7 @@ from typing import Protocol
 import mlflow
 from mlflow.entities import Trace, TraceData, TraceInfo, TraceLocation, TraceState
 from mlflow.genai import label_schemas, labeling, review_queues
+from mlflow.tracking._model_registry import utils as registry_utils
 from mlflow.utils.uri import is_databricks_uri
 
 from assets.labeling.rules import LabelSchemaSpec
@@ -111,14 +112,17 @@ _DATABRICKS_STATUS = {"PENDING": "pending", "IN_PROGRESS": "pending", "COMPLETED
 @contextlib.contextmanager
 def _registry_uri_kept():
     """databricks-agents points the whole process's model registry at Unity Catalog on first use (and exports
-    MLFLOW_REGISTRY_URI); labeling must not move where models are registered."""
-    before, env = mlflow.get_registry_uri(), os.environ.get("MLFLOW_REGISTRY_URI")
+    MLFLOW_REGISTRY_URI); labeling must not move where models are registered. MLflow has no API to unset a
+    registry URI, so the setting is put back as it was, unset included."""
+    before, env = registry_utils._registry_uri, os.environ.get("MLFLOW_REGISTRY_URI")
     try:
         yield
     finally:
-        mlflow.set_registry_uri(before)
+        registry_utils._registry_uri = before
         if env is None:
             os.environ.pop("MLFLOW_REGISTRY_URI", None)
+        else:
+            os.environ["MLFLOW_REGISTRY_URI"] = env
 
 
 class DatabricksLabelingSessions:
