@@ -120,7 +120,7 @@ def queued_traces(home: Path) -> set[str]:
 
 
 @pytest.fixture
-def user_env(tmp_path: Path) -> dict[str, str]:
+def user_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A newcomer's environment: only LLMOPS_HOME set (everything else is the embedded default), automation off
     so that only what the test starts runs, feedback routable at once; seeded with demo traffic by
     `llmops seed-demo`."""
@@ -131,7 +131,10 @@ def user_env(tmp_path: Path) -> dict[str, str]:
     done = subprocess.run([sys.executable, "-m", "orchestration.cli", "seed-demo", "--traces", str(TRACES)],
                           cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    return env
+    yield env
+    # whatever happened in the test, no model server is left behind
+    subprocess.run([sys.executable, "-m", "orchestration.cli", "stop-serving"], cwd=PROJECT_DIR, env=env,
+                   capture_output=True, timeout=120)
 
 
 def test_jobs_launched_from_the_ui_build_the_whole_platform(user_env: dict[str, str]):
@@ -169,8 +172,15 @@ def test_jobs_launched_from_the_ui_build_the_whole_platform(user_env: dict[str, 
         for run in runs:
             wait_for_run(url, "labeling", run["runId"])
 
+    # every trace MLflow has: the demo traffic, the evaluations' and the deployment smoke test's
+    client = mlflow.MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    in_mlflow = {t.info.trace_id for t in mlflow.search_traces(locations=experiments, include_spans=False,
+                                                                return_type="list")}
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM traces").fetchone()[0] == TRACES
+        assert {r[0] for r in con.execute("SELECT trace_id FROM traces").fetchall()} == in_mlflow
+        demo = client.get_experiment_by_name("llmops-demo").experiment_id  # the seeded traffic + the served agent's
+        assert con.execute("SELECT count(*) FROM traces WHERE experiment_id = ?", [demo]).fetchone()[0] > TRACES
         negatives = {r[0] for r in con.execute(
             "SELECT DISTINCT trace_id FROM assessments WHERE name = 'user_thumbs' AND NOT bool_value "
             "AND source_type = 'HUMAN' AND valid").fetchall()}
@@ -179,18 +189,15 @@ def test_jobs_launched_from_the_ui_build_the_whole_platform(user_env: dict[str, 
         (queued,) = con.execute("SELECT sum(items) FROM labeling_progress").fetchone()
     assert fresh in negatives and queued >= len(negatives)  # the negatives, plus controls
 
-    client = mlflow.MlflowClient()
     assert client.get_prompt_version_by_alias("support_system", "production").version == 1
     assert negatives <= queued_traces(home)
 
     state = json.loads((home / "serving" / "dev.json").read_text())["active"]
-    try:
-        answer, _ = post_json(f"{state['url']}/invocations",
-                              {"input": [{"role": "user", "content": "How do I refresh a dashboard?"}]})
-        assert "kb-" in json.dumps(answer)
-        assert client.get_model_version_by_alias("llmops_support_agent", "champion").version == state["version"]
-    finally:
-        stopped = subprocess.run([sys.executable, "-m", "orchestration.cli", "stop-serving"], cwd=PROJECT_DIR,
-                                 env=user_env, capture_output=True, text=True, timeout=120)
+    answer, _ = post_json(f"{state['url']}/invocations",
+                          {"input": [{"role": "user", "content": "How do I refresh a dashboard?"}]})
+    assert "kb-" in json.dumps(answer)
+    assert client.get_model_version_by_alias("llmops_support_agent", "champion").version == state["version"]
+    stopped = subprocess.run([sys.executable, "-m", "orchestration.cli", "stop-serving"], cwd=PROJECT_DIR,
+                             env=user_env, capture_output=True, text=True, timeout=120)
     assert stopped.returncode == 0, stopped.stderr
     assert not _is_our_server(state["pid"], _port(state["url"]))
