@@ -28,8 +28,12 @@ def feedback_horizon_ms(con: duckdb.DuckDBPyConnection) -> int | None:
     """Feedback last updated after this may not all be in the warehouse yet: the last extract's read of the
     source, less LLMOPS_FEEDBACK_SETTLE_S for writes still committing then (and clocks apart). The cursor never
     passes it, so feedback that becomes visible late is not skipped."""
-    read_ms = con.execute("SELECT max(source_read_ms) FROM _extract_runs").fetchone()[0]
-    return None if read_ms is None else read_ms - int(env_float(LLMOPS_FEEDBACK_SETTLE_S, DEFAULT_FEEDBACK_SETTLE_S) * 1000)
+    try:
+        read_ms = con.execute("SELECT max(source_read_ms) FROM _extract_runs").fetchone()[0]
+    except duckdb.BinderException:  # a warehouse from before migration 4: its next extract adds the column
+        return None
+    settle_ms = int(env_float(LLMOPS_FEEDBACK_SETTLE_S, DEFAULT_FEEDBACK_SETTLE_S) * 1000)
+    return None if read_ms is None else read_ms - settle_ms
 
 
 @dg.sensor(
@@ -52,8 +56,9 @@ def prompt_files_sensor(context: dg.SensorEvaluationContext, user_files: UserFil
 @dg.sensor(
     job=labeling_job, minimum_interval_seconds=60, default_status=SENSOR_STATUS,
     description="Reads new feedback from the warehouse in (last-updated time, assessment id) order — its cursor — up "
-    "to the last extract's read time less LLMOPS_FEEDBACK_SETTLE_S, and requests one labeling run per page that holds feedback matching a rule (labeling/rules.yaml). The run key names "
-    "the page, so a re-evaluated tick starts nothing twice; runs retry, and a retried batch adds nothing twice.",
+    "to the last extract's read time less LLMOPS_FEEDBACK_SETTLE_S, and requests one labeling run per page that "
+    "holds feedback matching a rule (labeling/rules.yaml). The run key names the page, so a re-evaluated tick starts "
+    "nothing twice; runs retry, and a retried batch adds nothing twice.",
 )
 def negative_feedback_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource,
                              user_files: UserFilesResource):
@@ -67,8 +72,9 @@ def negative_feedback_sensor(context: dg.SensorEvaluationContext, warehouse: War
         return dg.SkipReason("the warehouse is being written; trying again at the next tick")
     requests, deadline = [], time.monotonic() + TICK_BUDGET_S
     try:
-        horizon = feedback_horizon_ms(con)
-        while horizon is not None and time.monotonic() < deadline:
+        if (horizon := feedback_horizon_ms(con)) is None:
+            return dg.SkipReason("no extract has recorded when it read the source yet: run warehouse_refresh")
+        while time.monotonic() < deadline:
             rows = feedback_after(con, (cursor["last_updated_ms"], cursor["assessment_id"]), FEEDBACK_PAGE, horizon)
             if not rows:
                 break

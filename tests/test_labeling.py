@@ -224,6 +224,19 @@ def test_bad_rules_name_the_problem(loop: dict, edit, reason):
         load_rules(loop["rules"])
 
 
+def test_a_warehouse_from_before_migration_4_waits_for_its_next_extract(loop: dict):
+    thumbs(loop, loop["traces"][:1], False)
+    extract(loop)
+    with duckdb.connect(loop["resources"]["warehouse"].path) as con:  # as an older platform left it
+        con.execute("ALTER TABLE _extract_runs DROP COLUMN source_read_ms")
+        con.execute("DELETE FROM _schema_version WHERE version >= 4")
+    with dg.instance_for_test() as instance:
+        skipped = tick(loop, instance, None)
+        assert not skipped.run_requests and "run warehouse_refresh" in skipped.skip_message
+        extract(loop)  # migrates, and records its read
+        assert len(tick(loop, instance, None).run_requests) == 1
+
+
 def test_sensor_state_is_a_json_cursor(loop: dict):
     thumbs(loop, loop["traces"][:1], False)
     extract(loop)
