@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
-from tqdm import tqdm
 
 from resources.trace_sources import TraceSource, attach_with_retry
 from resources.warehouse import CONTRACT_TABLES, attach, migrate
@@ -217,9 +216,7 @@ def extract_traces(
             # A full refresh rebuilds the tables from scratch, rows the state does not know included.
             where = "" if full_refresh else " WHERE trace_id IN (SELECT trace_id FROM _replaced)"
             con.execute(f"DELETE FROM {_WAREHOUSE}.{table}{where}")
-        # a bar on an interactive terminal (benchmarks, direct calls); in a Dagster run, which captures the
-        # output, the progress log lines below say the same
-        for table in tqdm(CONTRACT_TABLES, desc="copy tables", unit="table", disable=None):
+        for table in CONTRACT_TABLES:
             t0 = time.monotonic()
             rows = con.execute(f"INSERT INTO {_WAREHOUSE}.{table} {statements[table]}").fetchone()[0]
             result.rows[table] = rows
