@@ -190,6 +190,8 @@ def test_jobs_launched_from_the_ui_build_the_whole_platform(user_env: dict[str, 
     assert fresh in negatives and queued >= len(negatives)  # the negatives, plus controls
 
     assert client.get_prompt_version_by_alias("support_system", "production").version == 1
+    # artifacts (logged models, evaluation results) are beside the store, not in the folder the services run in
+    assert all(e.artifact_location.startswith(home.as_uri()) for e in client.search_experiments() if e.name != "Default")
     assert negatives <= queued_traces(home)
 
     state = json.loads((home / "serving" / "dev.json").read_text())["active"]

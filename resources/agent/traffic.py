@@ -13,6 +13,7 @@ from mlflow.entities import AssessmentSource, AssessmentSourceType
 
 from resources.agent.backends import backend_from_env
 from resources.agent.demo_agent import DemoAgent, question_pool, record_trace
+from resources.mlflow import MlflowResource
 
 PERSONAS = ("sme", "new_user", "power_user")
 CHANNELS = ("slack", "web", "api")
@@ -43,7 +44,8 @@ def seed_demo(
         raise ValueError(f"--traces must be at least 1, not {n_traces}")
     # Feedback is logged right after each trace: the trace must be in the store by then.
     os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
-    experiment_id = mlflow.set_experiment(experiment).experiment_id
+    experiment_id = MlflowResource(tracking_uri=mlflow.get_tracking_uri()).experiment_id(experiment)
+    mlflow.set_experiment(experiment_id=experiment_id)
     agent = DemoAgent(backend_from_env())
     rng = random.Random(seed)
     pool = question_pool()
