@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -97,6 +99,23 @@ def empty_store_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
     MlflowClient(f"sqlite:///{path}").search_experiments()
     return path
+
+
+@pytest.fixture
+def empty_store(empty_store_file: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the empty store, at `tmp_path/mlflow.db`."""
+    return Path(shutil.copyfile(empty_store_file, tmp_path / "mlflow.db"))
+
+
+def post_status(url: str, body, timeout_s: float = 60) -> tuple[int, dict]:
+    """POST `body` (JSON, or raw bytes) to `url`: the HTTP status and the JSON answer, errors included."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
 
 
 def edit(path: Path, old: str, new: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from assets.insights.queries import InsightsQuery, TimeBucket, traffic_latency, traffic_volume
-from tests.conftest import HOSTILE_TAGS, Store, llmops_serve
+from tests.conftest import HOSTILE_TAGS, Store, llmops_serve, post_status
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PREFIX = "/api/3.0/mlflow/traces/insights"
@@ -29,13 +29,7 @@ def api(warehouse: sa.Engine, tmp_path_factory) -> str:
 
 
 def post(url: str, path: str, body) -> tuple[int, dict]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(f"{url}{PREFIX}/{path}", data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    return post_status(f"{url}{PREFIX}/{path}", body, timeout_s=30)
 
 
 def test_volume_and_latency_over_http_equal_the_python_api(api, warehouse, seeded_store: Store):

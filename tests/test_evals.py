@@ -32,10 +32,9 @@ from tests.conftest import PROJECT_DIR, edit
 
 
 @pytest.fixture
-def project(empty_store_file: Path, tmp_path: Path) -> dict:
+def project(empty_store: Path, tmp_path: Path) -> dict:
     """Copies of the prompt files and eval suites, an empty MLflow store and a warehouse path, as resources."""
-    store = tmp_path / "mlflow.db"
-    shutil.copyfile(empty_store_file, store)
+    store = empty_store
     for folder in ("prompts", "evals"):
         shutil.copytree(PROJECT_DIR / folder, tmp_path / folder)
     return {

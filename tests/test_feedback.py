@@ -15,7 +15,7 @@ from assets.traces.extract import extract_traces
 from resources.agent.backends import OfflineBackend
 from resources.agent.demo_agent import DemoAgent, record_trace
 from resources.trace_sources import SqlTrackingStore
-from tests.conftest import Store, llmops_serve
+from tests.conftest import Store, llmops_serve, post_status
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +38,7 @@ def feedback_api(seeded_store: Store, tmp_path_factory) -> tuple[str, Store, str
 
 
 def post(url: str, body) -> tuple[int, dict]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(f"{url}/api/feedback", data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    return post_status(f"{url}/api/feedback", body)
 
 
 def feedback_on(store: Store, trace_id: str, name: str) -> list:

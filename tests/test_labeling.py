@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,12 +36,11 @@ from tests.fake_databricks import FakeReviewAppWorkspace
 
 
 @pytest.fixture
-def loop(empty_store_file: Path, tmp_path: Path, monkeypatch):
+def loop(empty_store: Path, tmp_path: Path, monkeypatch):
     """20 agent traces without feedback in a fresh store, a warehouse path, rules without controls, resources;
     feedback is routable as soon as an extract has read it (no settling time)."""
     monkeypatch.setenv("LLMOPS_FEEDBACK_SETTLE_S", "0")
-    store = tmp_path / "mlflow.db"
-    shutil.copyfile(empty_store_file, store)
+    store = empty_store
     uri = f"sqlite:///{store}"
     mlflow.set_tracking_uri(uri)
     experiment_id = mlflow.set_experiment("support").experiment_id

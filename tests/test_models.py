@@ -30,10 +30,9 @@ MODEL = "support_agent_test"
 
 
 @pytest.fixture
-def agent_project(empty_store_file: Path, tmp_path: Path) -> dict:
+def agent_project(empty_store: Path, tmp_path: Path) -> dict:
     """An MLflow store whose prompts are synced and in production, and deployment resources for `environment`."""
-    store = tmp_path / "mlflow.db"
-    shutil.copyfile(empty_store_file, store)
+    store = empty_store
     prompts = Path(shutil.copytree(PROJECT_DIR / "prompts", tmp_path / "prompts"))
     client = MlflowClient(f"sqlite:///{store}")
     sync_prompts(client, load_prompt_files(prompts), prompts)

@@ -30,10 +30,8 @@ from tests.conftest import PROJECT_DIR, edit
 
 
 @pytest.fixture
-def registry(empty_store_file: Path, tmp_path: Path) -> MlflowClient:
-    path = tmp_path / "mlflow.db"
-    shutil.copyfile(empty_store_file, path)
-    return MlflowClient(f"sqlite:///{path}")
+def registry(empty_store: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{empty_store}")
 
 
 @pytest.fixture
