@@ -72,11 +72,17 @@ def _materialize(job_name: str, run_config: dict | None = None) -> None:
 
 
 @main.command("extract")
-@click.option("--full-refresh", is_flag=True, help="Re-read every trace, not only new and changed ones.")
-def extract_command(full_refresh: bool) -> None:
-    """Copy new and changed traces into the warehouse (the `warehouse_refresh` job; `full_refresh` with the flag)."""
+@click.option("--full-refresh", is_flag=True, help="Re-read every trace into a new warehouse file (repairs it).")
+@click.option("--switch-source", is_flag=True,
+              help="Accept another tracking store (or one that lost most traces) and rebuild the warehouse from it.")
+def extract_command(full_refresh: bool, switch_source: bool) -> None:
+    """Copy new and changed traces into the warehouse (the `warehouse_refresh` job; `full_refresh` with a flag)."""
     _setup()
-    _materialize("full_refresh" if full_refresh else "warehouse_refresh")
+    if switch_source:
+        _materialize("full_refresh", {"ops": {"trace_warehouse": {"config": {"full_refresh": True,
+                                                                              "switch_source": True}}}})
+    else:
+        _materialize("full_refresh" if full_refresh else "warehouse_refresh")
 
 
 @main.command("release-prompts")
@@ -218,17 +224,36 @@ def ui_command(port: int) -> None:
 
 
 @main.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on; one other than loopback needs LLMOPS_API_TOKEN or LLMOPS_API_TOKENS.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
 def serve_command(host: str, port: int) -> None:
-    """Serve the insights REST API over the warehouse and the feedback API (OpenAPI page at /docs)."""
+    """Serve the insights REST API over the warehouse and the feedback API (OpenAPI page at /docs).
+
+    With LLMOPS_API_TOKEN (one token) or LLMOPS_API_TOKENS (name=token,...) set, every route but /health needs
+    `Authorization: Bearer <token>`.
+    """
     import uvicorn
 
-    from orchestration.api import create_app
+    from orchestration.api import API_TOKEN_ENV, API_TOKENS_ENV, create_app, is_loopback, parse_client_tokens
 
     values = _setup()
-    click.echo(f"Insights API on http://{host}:{port}/docs over {values[settings.LLMOPS_DUCKDB_PATH]}")
-    app = create_app(values[settings.LLMOPS_DUCKDB_PATH], values[settings.MLFLOW_TRACKING_URI])
+    token = os.environ.get(API_TOKEN_ENV) or None
+    try:
+        clients = parse_client_tokens(os.environ.get(API_TOKENS_ENV, ""))
+        app = create_app(values[settings.LLMOPS_DUCKDB_PATH], values[settings.MLFLOW_TRACKING_URI], token=token,
+                         client_tokens=clients)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    if not (token or clients) and not is_loopback(host):
+        raise click.ClickException(f"Refusing to serve on {host} without authentication: set {API_TOKEN_ENV} (or "
+                                   f"{API_TOKENS_ENV}=name=token,...), or serve on 127.0.0.1.")
+    # MLflow's client retries an unreachable server for minutes; the feedback API answers 503 with Retry-After at
+    # once instead, and the caller retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    click.echo(f"Insights API on http://{host}:{port}/docs over {values[settings.LLMOPS_DUCKDB_PATH]}"
+               + (" (bearer token required)" if token or clients else ""))
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 

@@ -24,7 +24,7 @@ from resources.trace_sources import RAW_COLUMNS, TRACE_ID_COLUMN
 _TYPES = {
     "experiment_id": pa.string(), "timestamp_ms": pa.int64(), "execution_time_ms": pa.int64(),
     "input_tokens": pa.int64(), "output_tokens": pa.int64(), "total_tokens": pa.int64(),
-    "input_cost": pa.float64(), "output_cost": pa.float64(), "total_cost": pa.float64(),
+    "input_cost": pa.float64(), "output_cost": pa.float64(), "total_cost": pa.float64(), "db_payload_generation": pa.int64(),
     "start_time_unix_nano": pa.int64(), "end_time_unix_nano": pa.int64(),
     "created_timestamp": pa.int64(), "last_updated_timestamp": pa.int64(), "valid": pa.bool_(),
 }
@@ -56,6 +56,8 @@ def trace_info_rows(info: TraceInfo) -> dict[str, list[dict]]:
             "session_id": meta.get("mlflow.trace.session"),
             **{k: usage.get(k) for k in ("input_tokens", "output_tokens", "total_tokens")},
             **{k: cost.get(k) for k in ("input_cost", "output_cost", "total_cost")},
+            # Not in MLflow's API: spans added to a trace later are seen only with other changes (README).
+            "db_payload_generation": None,
         }],
         "trace_tags": [{"request_id": tid, "key": k, "value": v} for k, v in info.tags.items()],
         "trace_request_metadata": [{"request_id": tid, "key": k, "value": v} for k, v in meta.items()],

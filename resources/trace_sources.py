@@ -23,7 +23,7 @@ RAW_COLUMNS: dict[str, tuple[str, ...]] = {
     "trace_info": (
         "request_id", "experiment_id", "timestamp_ms", "execution_time_ms", "status", "client_request_id",
         "request_preview", "response_preview", "trace_name", "session_id", "input_tokens", "output_tokens",
-        "total_tokens", "input_cost", "output_cost", "total_cost",
+        "total_tokens", "input_cost", "output_cost", "total_cost", "db_payload_generation",
     ),
     "spans": (
         "trace_id", "experiment_id", "span_id", "parent_span_id", "name", "type", "status",
@@ -71,6 +71,14 @@ POSTGRES_SCHEMES = ("postgresql", "postgres")
 def uri_scheme(uri: str) -> str:
     """`postgresql` for `postgresql+psycopg2://...`: the scheme without SQLAlchemy's driver suffix."""
     return uri.split("://")[0].split("+")[0]
+
+
+def store_identity(uri: str) -> str:
+    """The tracking store a URI names, as a warehouse records it: absolute for SQLite files, credentials masked,
+    the same whichever reader (sql or api) reads it."""
+    if uri.startswith("sqlite:///"):
+        return "sqlite:///" + os.path.abspath(uri.removeprefix("sqlite:///").split("?")[0])
+    return mask_uri(uri)
 
 
 def _projection(table: str) -> str:
@@ -136,7 +144,7 @@ class SqlTrackingStore:
             return f"({scan} WHERE {key} IN (SELECT trace_id FROM _changed))"
         # Index lookups in the database itself (the scanners do not push these filters down), in a few
         # chunks that DuckDB reads in parallel.
-        staged, size = f"_raw_{table}", min(5_000, -(-len(trace_ids) // 4))
+        staged, size = f"_raw_{table}", max(1, min(5_000, -(-len(trace_ids) // 4)))
         chunks = [
             f"SELECT {_projection(table)} FROM {table} WHERE {key} IN "
             f"({', '.join(_sql_string(t) for t in trace_ids[start : start + size])})"

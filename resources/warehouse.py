@@ -6,6 +6,8 @@ keep their connection short and everybody opens with a retry.
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -147,10 +149,21 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE _extract_runs ADD COLUMN source_read_ms BIGINT;
     """,
+    # 5: no secondary (non-unique) index: DuckDB 1.5.5 corrupts one when it replays a WAL left by a process killed
+    # between COMMIT and close (every later DELETE of those rows fails; tests/test_warehouse.py reproduces it).
+    # Lookups by client_request_id scan instead. Each run records the tracking store it copied, so a warehouse
+    # is never silently refilled from another store.
+    """
+    DROP INDEX IF EXISTS traces_client_request_id;
+    ALTER TABLE _extract_runs ADD COLUMN tracking_store VARCHAR;
+    """,
 ]
 
 CONTRACT_TABLES = ("traces", "spans", "trace_tags", "trace_metadata", "assessments")
+# What a rebuild refills from the source; every other table (eval history, insights, labeling) is carried over.
+REBUILT_TABLES = (*CONTRACT_TABLES, "_trace_state", "_schema_version")
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def migrate(con: duckdb.DuckDBPyConnection, catalog: str) -> None:
@@ -181,9 +194,89 @@ def retry_while_locked(action: Callable[[], T], timeout_s: float = 120.0) -> T:
             delay = min(delay * 2, 2.0)
 
 
+def _quoted(path: str) -> str:
+    return "'" + path.replace("'", "''") + "'"
+
+
 def attach(con: duckdb.DuckDBPyConnection, path: str, alias: str, timeout_s: float = 120.0) -> None:
-    quoted = "'" + path.replace("'", "''") + "'"
-    retry_while_locked(lambda: con.execute(f"ATTACH {quoted} AS {alias}"), timeout_s)
+    retry_while_locked(lambda: con.execute(f"ATTACH {_quoted(path)} AS {alias}"), timeout_s)
+
+
+@contextmanager
+def rebuilding(con: duckdb.DuckDBPyConnection, path: str, alias: str, previous: str,
+               timeout_s: float = 120.0) -> Iterator[None]:
+    """Attach a new, migrated warehouse file as `alias` to be filled in place of `path`; on success it replaces
+    `path` atomically (rename), on failure it is removed and `path` is untouched.
+
+    The current file, if any, stays attached as `previous` (its write lock keeps other writers out) and every
+    table but the trace copies is carried over from it: eval history, insights and labeling progress survive.
+    A file that cannot be opened at all is moved aside (`<path>.damaged-<time>`) and the warehouse rebuilt
+    without it; the log names the file kept.
+    """
+    new = f"{path}.rebuild"
+    for stale in (new, f"{new}.wal"):
+        Path(stale).unlink(missing_ok=True)  # left by a rebuild that was killed
+    has_previous = Path(path).exists()
+    if has_previous:
+        try:
+            attach(con, path, previous, timeout_s)
+        except duckdb.Error as exc:
+            if "lock" in str(exc).lower():
+                raise
+            aside = f"{path}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+            os.replace(path, aside)
+            Path(f"{path}.wal").unlink(missing_ok=True)
+            log.warning("the warehouse %s could not be opened (%s); moved it to %s and rebuilding", path, exc, aside)
+            has_previous = False
+    if not has_previous:
+        con.execute(f"ATTACH ':memory:' AS {previous}")
+    migrate(con, previous)
+    con.execute(f"CHECKPOINT {previous}")  # nothing of the old file is left in a WAL the new file would inherit
+    con.execute(f"ATTACH {_quoted(new)} AS {alias}")
+    try:
+        migrate(con, alias)
+        _carry_over(con, previous, alias)
+        yield
+        con.execute(f"DETACH {alias}")  # checkpoints: the new file is complete, with no WAL
+        os.replace(new, path)
+        directory = os.open(Path(path).parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a power cut
+        finally:
+            os.close(directory)
+    except BaseException:
+        if alias in {row[0] for row in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}:
+            con.execute(f"DETACH {alias}")
+        Path(new).unlink(missing_ok=True)
+        Path(f"{new}.wal").unlink(missing_ok=True)
+        raise
+    finally:
+        con.execute(f"DETACH {previous}")
+
+
+def _carry_over(con: duckdb.DuckDBPyConnection, source: str, target: str) -> None:
+    """Copy every table except the rebuilt ones, and every view, from catalog `source` into `target`."""
+    tables = con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main'", [source]
+    ).fetchall()
+    existing = {row[0] for row in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [target]).fetchall()}
+    for (table,) in tables:
+        if table in REBUILT_TABLES:
+            continue
+        if table in existing:  # created by the migrations: same columns in the same order
+            con.execute(f'INSERT INTO {target}."{table}" SELECT * FROM {source}."{table}"')
+        else:
+            con.execute(f'CREATE TABLE {target}."{table}" AS SELECT * FROM {source}."{table}"')
+    views = con.execute(
+        "SELECT sql FROM duckdb_views() WHERE database_name = ? AND NOT internal", [source]).fetchall()
+    if views:
+        con.execute(f"USE {target}")
+        try:
+            for (sql,) in views:
+                con.execute(sql)
+        finally:
+            con.execute("USE memory")
 
 
 def sqlalchemy_engine(path: str, read_only: bool = True, lock_timeout_s: float = 120.0) -> sa.Engine:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import sqlite3
@@ -13,7 +14,10 @@ from pathlib import Path
 import duckdb
 import mlflow
 import pytest
-from mlflow.entities import AssessmentSource, AssessmentSourceType
+from mlflow.entities import AssessmentSource, AssessmentSourceType, Span
+from mlflow.entities.trace_state import TraceState
+from mlflow.tracing.client import TracingClient
+from mlflow.tracking._tracking_service.utils import _get_store
 
 from assets.traces.extract import extract_traces
 from resources.agent.traffic import seed_demo
@@ -53,6 +57,7 @@ def test_migration_2_backfills_trace_time_on_an_existing_warehouse(seeded_store:
             con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         con.execute("DROP TABLE eval_runs; DROP TABLE eval_results")  # migration 3
         con.execute("ALTER TABLE _extract_runs DROP COLUMN source_read_ms")  # migration 4
+        con.execute("ALTER TABLE _extract_runs DROP COLUMN tracking_store")  # migration 5
         con.execute("DELETE FROM _schema_version WHERE version >= 2")
     result = extract_traces(SqlTrackingStore(seeded_store.uri), warehouse_path)
     assert result.mode == "unchanged"
@@ -123,26 +128,22 @@ import sys, time
 from assets.traces.extract import extract_traces
 from resources.trace_sources import SqlTrackingStore
 
-uri, warehouse, kill_at, marker = sys.argv[1:5]
+uri, warehouse, kill_at, marker, full_refresh = sys.argv[1:6]
 
 def progress(message):
     if message.startswith(kill_at):
         open(marker, "w").close()
         time.sleep(600)
 
-extract_traces(SqlTrackingStore(uri), warehouse, progress=progress)
+extract_traces(SqlTrackingStore(uri), warehouse, full_refresh=full_refresh == "full", progress=progress)
 """
 
 
-@pytest.mark.parametrize("kill_at", ["fingerprinted", "traces:", "assessments:"])
-def test_killed_run_leaves_warehouse_consistent(store: Store, warehouse_path: str, tmp_path: Path, kill_at: str):
-    source = SqlTrackingStore(store.uri)
-    extract_traces(source, warehouse_path)
-    make_late_changes(store)
-    before = table_dump(warehouse_path)
-    marker = tmp_path / "reached"
+def kill_extract_at(store: Store, warehouse_path: str, kill_at: str, marker: Path, full_refresh: bool = False) -> None:
+    """Run an extract in its own process and SIGKILL it when its progress line starts with `kill_at`."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILL_SCRIPT, store.uri, warehouse_path, kill_at, str(marker)],
+        [sys.executable, "-c", KILL_SCRIPT, store.uri, warehouse_path, kill_at, str(marker),
+         "full" if full_refresh else "incremental"],
         cwd=PROJECT_DIR, env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)},
     )
     try:
@@ -155,8 +156,86 @@ def test_killed_run_leaves_warehouse_consistent(store: Store, warehouse_path: st
     finally:
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("kill_at", ["fingerprinted", "traces:", "assessments:"])
+def test_killed_run_leaves_warehouse_consistent(store: Store, warehouse_path: str, tmp_path: Path, kill_at: str):
+    source = SqlTrackingStore(store.uri)
+    extract_traces(source, warehouse_path)
+    make_late_changes(store)
+    before = table_dump(warehouse_path)
+    kill_extract_at(store, warehouse_path, kill_at, tmp_path / "reached")
     assert table_dump(warehouse_path) == before  # nothing of the killed run is visible
     extract_traces(source, warehouse_path)
+    assert_matches_mlflow(store, warehouse_path)
+
+
+def test_kill_between_commit_and_close_leaves_a_warehouse_that_keeps_working(store: Store, warehouse_path: str,
+                                                                              tmp_path: Path):
+    """The run is killed after its COMMIT, before the checkpoint on close: the next opener replays the WAL. With
+    the secondary index of schema version 4 that wedged the warehouse (tests/test_warehouse.py); now every
+    later run works, incremental runs that replace the replayed rows and full refreshes alike."""
+    source = SqlTrackingStore(store.uri)
+    extract_traces(source, warehouse_path)
+    make_late_changes(store)
+    kill_extract_at(store, warehouse_path, "committed", tmp_path / "reached")
+    assert Path(f"{warehouse_path}.wal").exists()  # the committed run's rows are only in the WAL
+    assert extract_traces(source, warehouse_path).mode == "unchanged"  # replays the WAL, checkpoints on close
+    for trace_id in store.trace_ids[5:7] + [t.info.trace_id for t in mlflow.search_traces(
+            locations=[store.experiment_id], max_results=5, return_type="list", include_spans=False)]:
+        mlflow.set_trace_tag(trace_id, "after_the_kill", "yes")  # the next run deletes the replayed rows
+    result = extract_traces(source, warehouse_path)
+    assert (result.mode, result.rebuilt) == ("incremental", None)  # not repaired: never damaged
+    assert result.changed_traces >= 5
+    assert_matches_mlflow(store, warehouse_path)
+    assert extract_traces(source, warehouse_path, full_refresh=True).mode == "full"
+    assert_matches_mlflow(store, warehouse_path)
+
+
+def test_killed_full_refresh_leaves_the_warehouse_as_it_was(store: Store, warehouse_path: str, tmp_path: Path):
+    source = SqlTrackingStore(store.uri)
+    extract_traces(source, warehouse_path)
+    make_late_changes(store)
+    before = table_dump(warehouse_path)
+    kill_extract_at(store, warehouse_path, "traces:", tmp_path / "reached", full_refresh=True)
+    assert Path(f"{warehouse_path}.rebuild").exists()  # the half-built file, never swapped in
+    assert table_dump(warehouse_path) == before
+    assert extract_traces(source, warehouse_path, full_refresh=True).mode == "full"
+    assert not Path(f"{warehouse_path}.rebuild").exists()
+    assert_matches_mlflow(store, warehouse_path)
+
+
+def _late_span(trace_id: str) -> None:
+    """A span logged into a trace that was already copied (MLflow bumps the trace's db_payload_generation)."""
+    trace = mlflow.get_trace(trace_id)
+    span = trace.data.spans[-1].to_dict() | {"span_id": base64.b64encode(os.urandom(8)).decode(), "name": "late"}
+    TracingClient().log_spans(trace.info.experiment_id, [Span.from_dict(span)])
+
+
+def _rewritten_info(trace_id: str, change) -> None:
+    """MLflow's store rewrites a trace info it is given again (as an exporter does when the trace ends)."""
+    info = TracingClient().get_trace_info(trace_id)
+    change(info)
+    _get_store().start_trace(info)
+
+
+LATE_CHANGES = {
+    "span": _late_span,
+    "metadata": lambda t: _rewritten_info(t, lambda info: info.trace_metadata.update({"late.key": "late value"})),
+    "status": lambda t: _rewritten_info(t, lambda info: setattr(info, "state", TraceState.ERROR)),
+    "tag": lambda t: mlflow.set_trace_tag(t, "late", "yes"),
+    "assessment": lambda t: mlflow.log_feedback(trace_id=t, name="late_score", value=0.25),
+}
+
+
+@pytest.mark.parametrize("kind", LATE_CHANGES)
+def test_a_late_change_is_copied_by_the_next_incremental_run(store: Store, warehouse_path: str, kind: str):
+    source = SqlTrackingStore(store.uri)
+    extract_traces(source, warehouse_path)
+    trace_id = next(t for t in store.trace_ids if TracingClient().get_trace_info(t).state == TraceState.OK)
+    LATE_CHANGES[kind](trace_id)
+    result = extract_traces(source, warehouse_path)
+    assert (result.mode, result.changed_traces, result.deleted_traces) == ("incremental", 1, 0)
     assert_matches_mlflow(store, warehouse_path)
 
 

@@ -3,9 +3,11 @@
 import dagster as dg
 from pydantic import Field
 
-from assets.traces.extract import ExtractResult, extract_traces
+from assets.traces.extract import ExtractRefused, ExtractResult, extract_traces
 from assets.traces.quality import contract_checks, warehouse_summary
 from resources.mlflow import MlflowResource
+from resources.settings import DEFAULT_MAX_DELETE_SHARE, LLMOPS_MAX_DELETE_SHARE, env_float
+from resources.trace_sources import SourceError
 from resources.warehouse import CONTRACT_TABLES, WarehouseResource
 
 TABLE_DESCRIPTIONS = {
@@ -31,7 +33,13 @@ CHECK_DESCRIPTIONS = {
 
 
 class ExtractConfig(dg.Config):
-    full_refresh: bool = Field(default=False, description="Re-read every trace, not only new and changed ones.")
+    full_refresh: bool = Field(default=False, description="Re-read every trace into a new warehouse file that "
+                               "replaces the current one (repairs a damaged file).")
+    switch_source: bool = Field(default=False, description="Accept a tracking store other than the one the "
+                                "warehouse copies, or one that lost most of its traces, and rebuild from it.")
+    max_delete_share: float | None = Field(
+        default=None, ge=0, le=1, description="Refuse an extract deleting more than this share of the warehouse's "
+        f"traces [default: ${LLMOPS_MAX_DELETE_SHARE} or {DEFAULT_MAX_DELETE_SHARE}].")
 
 
 @dg.multi_asset(
@@ -50,9 +58,15 @@ class ExtractConfig(dg.Config):
 )
 def trace_warehouse(context: dg.AssetExecutionContext, config: ExtractConfig, mlflow: MlflowResource,
                     warehouse: WarehouseResource):
-    result: ExtractResult = extract_traces(
-        mlflow.traces(context.log.info), warehouse.path, full_refresh=config.full_refresh, progress=context.log.info
-    )
+    share = config.max_delete_share
+    try:
+        result: ExtractResult = extract_traces(
+            mlflow.traces(context.log.info), warehouse.path, full_refresh=config.full_refresh,
+            switch_source=config.switch_source, progress=context.log.info,
+            max_delete_share=env_float(LLMOPS_MAX_DELETE_SHARE, DEFAULT_MAX_DELETE_SHARE) if share is None else share,
+        )
+    except (ExtractRefused, SourceError) as exc:
+        raise dg.Failure(description=str(exc)) from None  # the message says it all; no stack
     with warehouse.connect(read_only=True) as con:
         summary = warehouse_summary(con)
         checks = contract_checks(con, result)
@@ -69,6 +83,7 @@ def trace_warehouse(context: dg.AssetExecutionContext, config: ExtractConfig, ml
                 "changed_traces": result.changed_traces,
                 "deleted_traces": result.deleted_traces,
                 "seconds": round(result.seconds, 2),
+                "rebuilt": result.rebuilt or ("full refresh" if result.mode == "full" else "no"),
                 "latest_traces": dg.MetadataValue.md(summary.latest_traces_md),
             }
         if table == "spans":

@@ -1,14 +1,19 @@
 """Incremental, exact copy of MLflow traces into the DuckDB warehouse (plain functions, no Dagster).
 
 How a run works:
-1. Fingerprint every trace in the source: a hash of its trace_info row, its tags and its assessments'
-   ids and update times. Nothing else in MLflow's store carries a change time (tags and status change
-   in place), so comparing fingerprints is how late tags, feedback and status are found.
+1. Fingerprint every trace in the source: a hash of its trace_info row (with MLflow's span-write counter),
+   its tags, its metadata and its assessments' ids and update times. Nothing else in MLflow's store carries
+   a change time (tags and status change in place), so comparing fingerprints is how late spans, tags,
+   metadata, feedback and status are found.
 2. Diff against the fingerprints committed by the last run: new or changed traces, traces still
    IN_PROGRESS (their spans may still arrive), and traces gone from the source.
 3. In ONE warehouse transaction: delete those traces' rows, insert their current rows from the source,
    and store their new fingerprints. The "watermark" is this state, so it moves only with the data: a
    run killed anywhere leaves the last committed state, and the next run converges to a full extract.
+   A full refresh instead fills a new file and renames it over the warehouse (`rebuilding`), so it never
+   deletes in place and a damaged file is repaired by it.
+4. Refuse a source other than the one the warehouse copies, or one that lost most of the copied traces,
+   unless asked (`switch_source`): a mistyped MLFLOW_TRACKING_URI must not empty the warehouse.
 Fingerprints are read before the rows, so a change racing the run is seen again by the next run.
 """
 
@@ -23,8 +28,9 @@ from pathlib import Path
 
 import duckdb
 
-from resources.trace_sources import TraceSource, attach_with_retry
-from resources.warehouse import CONTRACT_TABLES, attach, migrate
+from resources.settings import DEFAULT_MAX_DELETE_SHARE
+from resources.trace_sources import TraceSource, attach_with_retry, store_identity
+from resources.warehouse import CONTRACT_TABLES, attach, migrate, rebuilding
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +39,18 @@ TRACE_NAME_TAG = "mlflow.traceName"
 # (traces.session_id, *_tokens, *_cost) instead of JSON strings.
 PROMOTED_METADATA_KEYS = ("mlflow.trace.session", "mlflow.trace.tokenUsage", "mlflow.trace.cost")
 _WAREHOUSE = "wh"
+_PREVIOUS = "previous_wh"  # the file a rebuild replaces
 # Costs are rounded to 1e-12 USD: MLflow's cost columns and the cost JSON its API returns differ in the
 # last bit of the float, and the two sources must give the same warehouse.
 
 
 def fingerprint_sql(rel: Callable[[str], str]) -> str:
-    """One row per trace: a hash over its trace_info row, its tags and its assessments' ids and update times.
+    """One row per trace: a hash over everything MLflow can change after the trace was written: its trace_info
+    row (status, previews, tokens, and `db_payload_generation`, which MLflow bumps when it adds spans), its tags,
+    its metadata, and its assessments' ids, update times and validity.
 
-    XOR of row hashes does not depend on row order; one aggregate over the three tables is cheaper than
-    aggregating each and joining. Rows of traces with no trace_info row are dropped (HAVING).
+    XOR of row hashes does not depend on row order; one aggregate over the tables is cheaper than aggregating
+    each and joining. Rows of traces with no trace_info row are dropped (HAVING).
     """
     return f"""
     SELECT trace_id, bit_xor(h) AS fingerprint, any_value(status) AS status, any_value(timestamp_ms) AS timestamp_ms
@@ -49,11 +58,13 @@ def fingerprint_sql(rel: Callable[[str], str]) -> str:
         SELECT request_id AS trace_id,
                hash(experiment_id, timestamp_ms, execution_time_ms, status, client_request_id, request_preview,
                     response_preview, trace_name, session_id, input_tokens, output_tokens, total_tokens,
-                    total_cost) AS h,
+                    total_cost, db_payload_generation) AS h,
                status, timestamp_ms
         FROM {rel('trace_info')}
         UNION ALL
         SELECT request_id, hash('tag', key, value), NULL, NULL FROM {rel('trace_tags')}
+        UNION ALL
+        SELECT request_id, hash('metadata', key, value), NULL, NULL FROM {rel('trace_request_metadata')}
         UNION ALL
         SELECT trace_id, hash('assessment', assessment_id, last_updated_timestamp, CAST(valid AS BOOLEAN)), NULL, NULL
         FROM {rel('assessments')}
@@ -129,6 +140,10 @@ def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
     }
 
 
+class ExtractRefused(RuntimeError):
+    """The source does not look like the store this warehouse copies; the message names both and the way out."""
+
+
 @dataclass
 class ExtractResult:
     mode: str  # "full" | "incremental" | "unchanged"
@@ -140,6 +155,7 @@ class ExtractResult:
     bad_spans: list[tuple[str, str, str]] = field(default_factory=list)  # (trace_id, span_id, reason)
     bad_span_count: int = 0
     seconds: float = 0.0
+    rebuilt: str | None = None  # why the warehouse file was rebuilt, if it was
 
 
 def extract_traces(
@@ -147,10 +163,33 @@ def extract_traces(
     warehouse_path: str,
     *,
     full_refresh: bool = False,
+    switch_source: bool = False,
+    max_delete_share: float = DEFAULT_MAX_DELETE_SHARE,
     memory_limit: str = "512MB",
     progress: Callable[[str], None] = log.info,
 ) -> ExtractResult:
-    """Bring the warehouse in line with the source; see the module docstring for how."""
+    """Bring the warehouse in line with the source; see the module docstring for how.
+
+    A full refresh (and `switch_source`) builds a new warehouse file and swaps it in; an incremental run that
+    finds the file damaged does the same. `switch_source` also accepts a source other than the one the
+    warehouse copies, and an extract deleting more than `max_delete_share` of the warehouse's traces."""
+    options = dict(switch_source=switch_source, max_delete_share=max_delete_share, memory_limit=memory_limit,
+                   progress=progress)
+    rebuild = full_refresh or switch_source
+    try:
+        return _extract(source, warehouse_path, rebuild=rebuild, **options)
+    except duckdb.FatalException as exc:
+        if rebuild:
+            raise
+        reason = f"the warehouse file is damaged ({str(exc).splitlines()[0]})"
+        progress(f"{reason}: rebuilding it from the source")
+        result = _extract(source, warehouse_path, rebuild=True, **options)
+        result.rebuilt = reason
+        return result
+
+
+def _extract(source: TraceSource, warehouse_path: str, *, rebuild: bool, switch_source: bool,
+             max_delete_share: float, memory_limit: str, progress: Callable[[str], None]) -> ExtractResult:
     started = time.monotonic()
     Path(warehouse_path).parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(
@@ -172,79 +211,119 @@ def extract_traces(
         con.execute(f"CREATE TEMP TABLE _source_state AS {fingerprint_sql(rel)}")
         source_traces = con.execute("SELECT count(*) FROM _source_state").fetchone()[0]
         progress(f"fingerprinted {source_traces} traces in {source.label}")
-
+        run = functools.partial(_copy, con, source, source_read_ms=source_read_ms, started=started,
+                                switch_source=switch_source, max_delete_share=max_delete_share, progress=progress)
+        if rebuild:
+            with rebuilding(con, warehouse_path, _WAREHOUSE, previous=_PREVIOUS):
+                result = run(state=_PREVIOUS, rebuild=True)
+            progress(f"swapped the rebuilt warehouse into {warehouse_path}")
+            return result
         attach(con, warehouse_path, _WAREHOUSE)
         migrate(con, catalog=_WAREHOUSE)
-        con.execute(f"""
-            CREATE TEMP TABLE _changed AS
-            SELECT s.trace_id FROM _source_state s
-            LEFT JOIN {_WAREHOUSE}._trace_state w USING (trace_id)
-            WHERE ? OR w.trace_id IS NULL OR w.fingerprint <> s.fingerprint
-               OR s.status = 'IN_PROGRESS' OR w.status = 'IN_PROGRESS'""", [full_refresh])
-        con.execute(f"""
-            CREATE TEMP TABLE _deleted AS
-            SELECT trace_id FROM {_WAREHOUSE}._trace_state ANTI JOIN _source_state USING (trace_id)""")
-        changed = con.execute("SELECT count(*) FROM _changed").fetchone()[0]
-        deleted = con.execute("SELECT count(*) FROM _deleted").fetchone()[0]
-        existing = con.execute(f"SELECT count(*) FROM {_WAREHOUSE}._trace_state").fetchone()[0]
-        mode = "full" if full_refresh or existing == 0 else "incremental"
-        result = ExtractResult(mode, source.label, source_traces, changed, deleted)
-        progress(f"{changed} new or changed traces, {deleted} deleted ({mode} run)")
-        if changed == 0 and deleted == 0:
-            result.mode = "unchanged"
-            result.seconds = time.monotonic() - started
-            _record_run(con, result, source_read_ms)
-            progress("warehouse is up to date: nothing changed in the source")
-            return result
-
-        every_trace = changed == source_traces
-
-        @functools.cache  # a targeted source stages each table once
-        def changed_rel(table: str) -> str:
-            return source.relation(con, table, only_changed=not every_trace)
-
-        statements = contract_sql(changed_rel)  # a targeted source stages the changed traces' rows here
-        progress("read the changed traces' rows from the source")
-        # Rows to remove: traces gone from the source and changed traces the warehouse already has.
-        con.execute(f"""
-            CREATE TEMP TABLE _replaced AS
-            SELECT trace_id FROM _changed SEMI JOIN {_WAREHOUSE}._trace_state USING (trace_id)
-            UNION ALL SELECT trace_id FROM _deleted""")
-        replaced = con.execute("SELECT count(*) FROM _replaced").fetchone()[0]
-        con.execute("BEGIN")
-        for table in (*CONTRACT_TABLES, "_trace_state") if replaced or full_refresh else ():
-            # A full refresh rebuilds the tables from scratch, rows the state does not know included.
-            where = "" if full_refresh else " WHERE trace_id IN (SELECT trace_id FROM _replaced)"
-            con.execute(f"DELETE FROM {_WAREHOUSE}.{table}{where}")
-        for table in CONTRACT_TABLES:
-            t0 = time.monotonic()
-            rows = con.execute(f"INSERT INTO {_WAREHOUSE}.{table} {statements[table]}").fetchone()[0]
-            result.rows[table] = rows
-            elapsed = time.monotonic() - t0
-            progress(f"{table}: {rows} rows in {elapsed:.1f}s ({rows / max(elapsed, 1e-6):,.0f} rows/s)")
-        con.execute(f"""
-            INSERT INTO {_WAREHOUSE}._trace_state
-            SELECT trace_id, ?, fingerprint, status FROM _source_state SEMI JOIN _changed USING (trace_id)""",
-            [source.label])
-        result.bad_span_count, result.bad_spans = _bad_spans(con)
-        result.seconds = time.monotonic() - started
-        _record_run(con, result, source_read_ms)
-        con.execute("COMMIT")
-        progress(f"committed {changed} traces in {time.monotonic() - started:.1f}s")
-        for trace_id, span_id, reason in result.bad_spans:
-            log.warning("span %s of trace %s kept without parsed fields: %s", span_id, trace_id, reason)
-        return result
+        return run(state=_WAREHOUSE, rebuild=False)
     finally:
-        con.close()
+        try:
+            con.close()
+        except duckdb.Error:  # a fatal error has already invalidated the database
+            pass
 
 
-def _record_run(con: duckdb.DuckDBPyConnection, result: ExtractResult, source_read_ms: int) -> None:
+def _copy(con: duckdb.DuckDBPyConnection, source: TraceSource, *, state: str, rebuild: bool, source_read_ms: int,
+          started: float, switch_source: bool, max_delete_share: float,
+          progress: Callable[[str], None]) -> ExtractResult:
+    """Diff the source against the fingerprints in catalog `state` and write the changes into the warehouse
+    (`_WAREHOUSE`, a fresh file when `rebuild`) in one transaction."""
+    con.execute(f"""
+        CREATE TEMP TABLE _changed AS
+        SELECT s.trace_id FROM _source_state s
+        LEFT JOIN {state}._trace_state w USING (trace_id)
+        WHERE ? OR w.trace_id IS NULL OR w.fingerprint <> s.fingerprint
+           OR s.status = 'IN_PROGRESS' OR w.status = 'IN_PROGRESS'""", [rebuild])
+    con.execute(f"""
+        CREATE TEMP TABLE _deleted AS
+        SELECT trace_id FROM {state}._trace_state ANTI JOIN _source_state USING (trace_id)""")
+    changed = con.execute("SELECT count(*) FROM _changed").fetchone()[0]
+    deleted = con.execute("SELECT count(*) FROM _deleted").fetchone()[0]
+    existing = con.execute(f"SELECT count(*) FROM {state}._trace_state").fetchone()[0]
+    if not switch_source:
+        _refuse_unexpected_source(con, state, source, deleted, existing, max_delete_share)
+    mode = "full" if rebuild or existing == 0 else "incremental"
+    result = ExtractResult(mode, source.label, con.execute("SELECT count(*) FROM _source_state").fetchone()[0],
+                           changed, deleted)
+    progress(f"{changed} new or changed traces, {deleted} deleted ({mode} run)")
+    if changed == 0 and deleted == 0 and not rebuild:
+        result.mode = "unchanged"
+        result.seconds = time.monotonic() - started
+        _record_run(con, result, source, source_read_ms)
+        progress("warehouse is up to date: nothing changed in the source")
+        return result
+
+    every_trace = changed == result.source_traces
+
+    @functools.cache  # a targeted source stages each table once
+    def changed_rel(table: str) -> str:
+        return source.relation(con, table, only_changed=not every_trace)
+
+    statements = contract_sql(changed_rel)  # a targeted source stages the changed traces' rows here
+    progress("read the changed traces' rows from the source")
+    # Rows to remove: traces gone from the source and changed traces the warehouse already has (none in a new file).
+    con.execute(f"""
+        CREATE TEMP TABLE _replaced AS
+        SELECT trace_id FROM _changed SEMI JOIN {_WAREHOUSE}._trace_state USING (trace_id)
+        UNION ALL SELECT trace_id FROM _deleted""")
+    replaced = 0 if rebuild else con.execute("SELECT count(*) FROM _replaced").fetchone()[0]
+    con.execute("BEGIN")
+    for table in (*CONTRACT_TABLES, "_trace_state") if replaced else ():
+        con.execute(f"DELETE FROM {_WAREHOUSE}.{table} WHERE trace_id IN (SELECT trace_id FROM _replaced)")
+    for table in CONTRACT_TABLES:
+        t0 = time.monotonic()
+        rows = con.execute(f"INSERT INTO {_WAREHOUSE}.{table} {statements[table]}").fetchone()[0]
+        result.rows[table] = rows
+        elapsed = time.monotonic() - t0
+        progress(f"{table}: {rows} rows in {elapsed:.1f}s ({rows / max(elapsed, 1e-6):,.0f} rows/s)")
+    con.execute(f"""
+        INSERT INTO {_WAREHOUSE}._trace_state
+        SELECT trace_id, ?, fingerprint, status FROM _source_state SEMI JOIN _changed USING (trace_id)""",
+        [source.label])
+    result.bad_span_count, result.bad_spans = _bad_spans(con)
+    result.seconds = time.monotonic() - started
+    _record_run(con, result, source, source_read_ms)
+    con.execute("COMMIT")
+    progress(f"committed {changed} traces in {time.monotonic() - started:.1f}s")
+    for trace_id, span_id, reason in result.bad_spans:
+        log.warning("span %s of trace %s kept without parsed fields: %s", span_id, trace_id, reason)
+    return result
+
+
+def _refuse_unexpected_source(con: duckdb.DuckDBPyConnection, state: str, source: TraceSource, deleted: int,
+                              existing: int, max_delete_share: float) -> None:
+    """A warehouse copies one tracking store: another store, or one that lost most of its traces, is much
+    more likely a configuration mistake (a changed MLFLOW_TRACKING_URI) than what the user wants copied."""
+    recorded = con.execute(
+        f"""SELECT tracking_store FROM {state}._extract_runs WHERE tracking_store IS NOT NULL
+            ORDER BY run_started_at DESC LIMIT 1""").fetchone()
+    way_out = "If that is what you want, run `llmops extract --switch-source` to rebuild the warehouse from it."
+    if recorded and recorded[0] != store_identity(source.uri):
+        raise ExtractRefused(
+            f"This warehouse copies the tracking store {recorded[0]}, but the source is now "
+            f"{store_identity(source.uri)}: check MLFLOW_TRACKING_URI. {way_out}")
+    if deleted and deleted > max_delete_share * existing:
+        raise ExtractRefused(
+            f"{store_identity(source.uri)} no longer has {deleted} of the warehouse's {existing} traces "
+            f"({deleted / existing:.0%}, more than LLMOPS_MAX_DELETE_SHARE={max_delete_share:g}); nothing was "
+            f"deleted. Check MLFLOW_TRACKING_URI. {way_out}")
+
+
+def _record_run(con: duckdb.DuckDBPyConnection, result: ExtractResult, source: TraceSource,
+                source_read_ms: int) -> None:
     con.execute(
-        f"""INSERT INTO {_WAREHOUSE}._extract_runs
-            SELECT now()::TIMESTAMP, ?, ?, ?, ?, ?, (SELECT max(timestamp_ms) FROM _source_state),
-                   (SELECT max(last_updated_ms) FROM {_WAREHOUSE}.assessments), ?, ?""",
+        f"""INSERT INTO {_WAREHOUSE}._extract_runs BY NAME
+            SELECT now()::TIMESTAMP AS run_started_at, ? AS source, ? AS mode, ? AS source_traces,
+                   ? AS changed_traces, ? AS deleted_traces, (SELECT max(timestamp_ms) FROM _source_state)
+                   AS max_timestamp_ms, (SELECT max(last_updated_ms) FROM {_WAREHOUSE}.assessments)
+                   AS max_assessment_updated_ms, ? AS seconds, ? AS source_read_ms, ? AS tracking_store""",
         [result.source, result.mode, result.source_traces, result.changed_traces, result.deleted_traces,
-         result.seconds, source_read_ms],
+         result.seconds, source_read_ms, store_identity(source.uri)],
     )
 
 
