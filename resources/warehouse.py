@@ -181,6 +181,18 @@ def migrate(con: duckdb.DuckDBPyConnection, catalog: str) -> None:
         con.execute("USE memory")
 
 
+class WarehouseDamaged(RuntimeError):
+    """The warehouse file does not hold what its bookkeeping says; a rebuild (full refresh) repairs it."""
+
+
+def check_integrity(con: duckdb.DuckDBPyConnection, catalog: str) -> None:
+    """Cheap checks at the start of a write: the copied traces are exactly those the state records."""
+    traces, state = con.execute(
+        f"SELECT (SELECT count(*) FROM {catalog}.traces), (SELECT count(*) FROM {catalog}._trace_state)").fetchone()
+    if traces != state:
+        raise WarehouseDamaged(f"the warehouse holds {traces} traces but its bookkeeping records {state}")
+
+
 def retry_while_locked(action: Callable[[], T], timeout_s: float = 120.0) -> T:
     """Run `action` (an open or ATTACH of a DuckDB file), waiting while another process holds its lock."""
     delay, deadline = 0.05, time.monotonic() + timeout_s

@@ -114,6 +114,17 @@ def test_an_extract_that_finds_the_file_damaged_rebuilds_it(store: Store, wareho
     assert extract_traces(source, warehouse_path).mode == "unchanged"
 
 
+def test_an_extract_rebuilds_a_warehouse_whose_rows_disagree_with_its_bookkeeping(store: Store, warehouse_path: str):
+    source = SqlTrackingStore(store.uri)
+    extract_traces(source, warehouse_path)
+    with duckdb.connect(warehouse_path) as con:
+        con.execute("DELETE FROM traces WHERE trace_id = ?", [store.trace_ids[3]])  # by hand, behind the extract's back
+    result = extract_traces(source, warehouse_path)
+    n = len(store.trace_ids)
+    assert result.rebuilt == f"the warehouse file is damaged (the warehouse holds {n - 1} traces but its bookkeeping records {n})"
+    assert_matches_mlflow(store, warehouse_path)
+
+
 def test_full_refresh_swaps_in_a_new_file_and_keeps_every_other_table(store: Store, warehouse_path: str):
     source = SqlTrackingStore(store.uri)
     extract_traces(source, warehouse_path)

@@ -30,7 +30,7 @@ import duckdb
 
 from resources.settings import DEFAULT_MAX_DELETE_SHARE
 from resources.trace_sources import TraceSource, attach_with_retry, store_identity
-from resources.warehouse import CONTRACT_TABLES, attach, migrate, rebuilding
+from resources.warehouse import CONTRACT_TABLES, WarehouseDamaged, attach, check_integrity, migrate, rebuilding
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def extract_traces(
     rebuild = full_refresh or switch_source
     try:
         return _extract(source, warehouse_path, rebuild=rebuild, **options)
-    except duckdb.FatalException as exc:
+    except (duckdb.FatalException, WarehouseDamaged) as exc:
         if rebuild:
             raise
         reason = f"the warehouse file is damaged ({str(exc).splitlines()[0]})"
@@ -220,6 +220,7 @@ def _extract(source: TraceSource, warehouse_path: str, *, rebuild: bool, switch_
             return result
         attach(con, warehouse_path, _WAREHOUSE)
         migrate(con, catalog=_WAREHOUSE)
+        check_integrity(con, _WAREHOUSE)
         return run(state=_WAREHOUSE, rebuild=False)
     finally:
         try:
