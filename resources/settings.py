@@ -8,7 +8,9 @@ not set, which lets Dagster resources read plain `EnvVar`s.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 LLMOPS_HOME = "LLMOPS_HOME"
 MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
@@ -113,23 +115,44 @@ def ensure_dagster_home() -> Path:
     return home
 
 
-def mask_uri(uri: str) -> str:
-    """Hide the password in `scheme://user:password@host/...` so a URI can be logged."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+# Query-string parameters whose value is a secret (`?password=`, `?token=`, `?api_key=`, `?sig=`, ...).
+_SECRET_PARAMETER = re.compile(r"pass|pwd|token|secret|key|auth|credential|signature|^sig$", re.IGNORECASE)
 
-    try:
-        url = make_url(uri)
-    except ArgumentError:
-        return uri
-    return url.render_as_string(hide_password=True) if url.password else uri
+
+def _uri_secrets(uri: str) -> list[str]:
+    """The secret parts of a URI as they appear in it: the userinfo password and secret query values."""
+    if "://" not in uri:
+        return []
+    parts = urlsplit(uri)
+    secrets = [parts.password] if parts.password else []
+    for pair in parts.query.split("&"):
+        name, _, value = pair.partition("=")
+        if value and _SECRET_PARAMETER.search(unquote(name)):
+            secrets.append(value)
+    return secrets
+
+
+def mask_uri(uri: str) -> str:
+    """The URI with its secrets (userinfo password, credential query parameters) shown as ***, for logs,
+    errors and Dagster metadata. The one masking function: everything that prints a URI goes through it."""
+    masked = uri
+    parts = urlsplit(uri) if "://" in uri else None
+    if parts is not None and parts.password:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        masked = masked.replace(f"{parts.scheme}://{parts.netloc}",
+                                f"{parts.scheme}://{userinfo.partition(':')[0]}:***@{host}", 1)
+    if parts is not None and parts.query:
+        query = "&".join(
+            f"{name}=***" if value and _SECRET_PARAMETER.search(unquote(name)) else f"{name}{eq}{value}"
+            for name, eq, value in (pair.partition("=") for pair in parts.query.split("&"))
+        )
+        masked = masked.replace(f"?{parts.query}", f"?{query}", 1)
+    return masked
 
 
 def scrub(text: str, uri: str) -> str:
-    """`text` with the URI's password, decoded or percent-encoded, replaced by ***."""
-    from urllib.parse import unquote, urlsplit
-
-    raw = urlsplit(uri).password if "://" in uri else None
-    for secret in {raw, unquote(raw)} - {None, ""} if raw else ():
+    """`text` (an error message, say) with every secret of `uri`, raw or percent-decoded, replaced by ***."""
+    for secret in sorted({form for raw in _uri_secrets(uri) for form in (raw, unquote(raw))} - {""}, key=len,
+                         reverse=True):
         text = text.replace(secret, "***")
     return text

@@ -127,7 +127,7 @@ class SqlTrackingStore:
     def attach(self, con: duckdb.DuckDBPyConnection) -> None:
         if self.attach_type == "sqlite" and not Path(self.target).exists():
             raise SourceError(
-                f"MLflow tracking store {self.uri} does not exist. Seed it with `llmops seed-demo` or "
+                f"MLflow tracking store {mask_uri(self.uri)} does not exist. Seed it with `llmops seed-demo` or "
                 "point MLFLOW_TRACKING_URI at your store."
             )
         con.execute(f"LOAD {_sql_string(scanner_extension_path(self.scanner))}")
@@ -165,7 +165,8 @@ def check_schema_revision(con: duckdb.DuckDBPyConnection, uri: str) -> str:
     try:
         revision = con.execute("SELECT version_num FROM src.alembic_version").fetchone()[0]
     except duckdb.Error as exc:
-        raise SourceError(f"{mask_uri(uri)} is not an MLflow tracking store (no alembic_version): {exc}") from exc
+        raise SourceError(
+            f"{mask_uri(uri)} is not an MLflow tracking store (no alembic_version): {scrub(str(exc), uri)}") from None
     script = ScriptDirectory.from_config(_get_alembic_config(uri))
     supported = {r.revision for r in script.iterate_revisions(script.get_current_head(), FIRST_SUPPORTED_REVISION)}
     if revision in supported:

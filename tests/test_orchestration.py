@@ -14,6 +14,7 @@ import pytest
 
 from assets.traces.assets import CHECKS, trace_warehouse
 from orchestration.jobs import full_refresh_job
+from resources.settings import mask_uri, scrub
 from resources.mlflow import MlflowResource
 from resources.serving import _is_our_server, _port
 from resources.warehouse import CONTRACT_TABLES, WarehouseResource
@@ -157,10 +158,33 @@ def test_demo_command_seeds_materializes_and_reports(tmp_path: Path):
     assert not _is_our_server(state["pid"], _port(state["url"]))
 
 
-def test_bad_tracking_uri_fails_with_masked_uri(tmp_path: Path):
-    env = _env(tmp_path, MLFLOW_TRACKING_URI="postgresql://admin:s3cret@127.0.0.1:1/mlflow")
+@pytest.mark.parametrize(("uri", "masked"), [
+    ("postgresql://admin:s3cret@127.0.0.1:1/mlflow", "postgresql://admin:***@127.0.0.1:1/mlflow"),
+    ("postgresql://admin@127.0.0.1:1/mlflow?sslmode=disable&password=s3cret",
+     "postgresql://admin@127.0.0.1:1/mlflow?sslmode=disable&password=***"),
+])
+def test_bad_tracking_uri_fails_with_masked_uri(tmp_path: Path, uri: str, masked: str):
+    """The password is in no output, and in no file of the platform's home: Dagster's run and event storage
+    and compute logs included."""
+    env = _env(tmp_path, MLFLOW_TRACKING_URI=uri)
+    configured = subprocess.run([*LLMOPS, "config"], cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
+                                timeout=120)
+    assert f"MLFLOW_TRACKING_URI={masked}" in configured.stdout
     done = subprocess.run([*LLMOPS, "extract"], cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
-    output = done.stdout + done.stderr
-    assert "postgresql://admin:***@127.0.0.1:1/mlflow" in output
+    output = configured.stdout + configured.stderr + done.stdout + done.stderr
+    assert masked in output
     assert "s3cret" not in output
+    files = [path for path in (tmp_path / "home").rglob("*") if path.is_file()]
+    assert any(path.name == "runs.db" for path in files)  # the run was recorded, so the search below means something
+    assert [path for path in files if b"s3cret" in path.read_bytes()] == []
+
+
+def test_mask_uri_hides_every_kind_of_secret():
+    assert mask_uri("mysql+pymysql://u:p%40ss@db:3306/mlflow?charset=utf8") == "mysql+pymysql://u:***@db:3306/mlflow?charset=utf8"
+    assert mask_uri("https://h/mlflow?api_key=K1&sig=S1&signed=1&Token=T1") == "https://h/mlflow?api_key=***&sig=***&signed=1&Token=***"
+    assert mask_uri("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    assert mask_uri("databricks") == "databricks"
+    uri = "postgresql://u:p%40ss@h/db?password=q%20w"
+    assert scrub("libpq: password=p@ss failed for p%40ss, then q w and q%20w", uri) == (
+        "libpq: password=*** failed for ***, then *** and ***")
