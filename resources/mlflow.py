@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import sqlite3
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import dagster as dg
@@ -24,6 +27,21 @@ class MlflowResource(dg.ConfigurableResource):
     trace_source: str = "auto"
     eval_experiment: str = "llmops-evals"  # where prompt evaluations log their runs
     agent_experiment: str = "llmops-demo"  # the agent's traffic, logged models and served traces
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self.initialize_store()
+
+    def initialize_store(self) -> None:
+        """Create a new SQLite store once, under a file lock: MLflow's migrations race when two processes (two
+        steps of one run) open a brand-new store at the same time ("table experiments already exists")."""
+        if not self.tracking_uri.startswith("sqlite:///"):
+            return  # a server or database store is created by whoever runs it
+        path = Path(self.tracking_uri.removeprefix("sqlite:///").split("?")[0])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{path}.init-lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+            if not _has_schema(path):
+                self.client().search_experiments(max_results=1)  # runs MLflow's migrations
 
     def traces(self, progress: Callable[[str], None] | None = None) -> TraceSource:
         return source_for(self.tracking_uri, self.trace_source, progress)
@@ -49,3 +67,14 @@ class MlflowResource(dg.ConfigurableResource):
         import mlflow
 
         mlflow.set_tracking_uri(self.tracking_uri)
+
+
+def _has_schema(path: Path) -> bool:
+    """Whether MLflow has created its tables in the SQLite file (checked under the lock, so not half-way)."""
+    if not path.exists():
+        return False
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
+        try:
+            return con.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
+        except sqlite3.OperationalError:  # no such table: new, or being created by a process without the lock
+            return False

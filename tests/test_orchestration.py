@@ -188,3 +188,25 @@ def test_mask_uri_hides_every_kind_of_secret():
     uri = "postgresql://u:p%40ss@h/db?password=q%20w"
     assert scrub("libpq: password=p@ss failed for p%40ss, then q w and q%20w", uri) == (
         "libpq: password=*** failed for ***, then *** and ***")
+
+
+NEW_STORE_SCRIPT = """
+import sys
+from mlflow import MlflowClient
+from resources.mlflow import MlflowResource
+
+MlflowResource(tracking_uri=sys.argv[1]).initialize_store()  # what each Dagster step does first
+MlflowClient(sys.argv[1]).search_experiments()
+"""
+
+
+def test_steps_opening_a_new_store_at_once_create_it_once(tmp_path: Path):
+    """Three processes open a brand-new SQLite store at the same instant (parallel steps of `group:prompts`);
+    without the resource's lock (the script minus initialize_store) MLflow's migrations race ("table
+    experiments already exists") and two of three fail."""
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    procs = [subprocess.Popen([sys.executable, "-c", NEW_STORE_SCRIPT, uri], cwd=PROJECT_DIR,
+                              env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)}, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    errors = [proc.communicate(timeout=300)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], "\n".join(e[-1500:] for e in errors)
