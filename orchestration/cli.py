@@ -61,9 +61,13 @@ def _materialize(job_name: str, run_config: dict | None = None) -> None:
     import dagster as dg
 
     from orchestration.definitions import defs
+    from orchestration.run_monitoring import fail_dead_runs, this_worker
 
+    instance = dg.DagsterInstance.get()
+    for run_id in fail_dead_runs(instance):  # or their pool slots would keep this run waiting
+        click.echo(f"Marked run {run_id} failed: its llmops process is gone.")
     result = defs.resolve_job_def(job_name).execute_in_process(
-        instance=dg.DagsterInstance.get(), run_config=run_config or {}, raise_on_error=False
+        instance=instance, run_config=run_config or {}, raise_on_error=False, tags=this_worker()
     )
     if not result.success:
         failure = next((e for e in result.all_events if e.is_failure), None)

@@ -9,15 +9,19 @@ main_job = dg.define_asset_job(
     description="Materialize every asset of the platform except the deployment (it starts a long-lived server or "
     "changes a serving endpoint: run agent_release for that).",
 )
+# A killed extract leaves the last committed state and its retry converges (run monitoring fails the killed run).
+RETRIED = {"dagster/max_retries": "2"}
 warehouse_refresh_job = dg.define_asset_job(
     "warehouse_refresh",
     selection=dg.AssetSelection.groups("traces", "insights"),
+    tags=RETRIED,
     description="Copy new and changed MLflow traces into the DuckDB warehouse, then refresh the insights "
     "(rollups, root causes, report).",
 )
 full_refresh_job = dg.define_asset_job(
     "full_refresh",
     selection=dg.AssetSelection.groups("traces", "insights"),
+    tags=RETRIED,
     config={"ops": {"trace_warehouse": {"config": {"full_refresh": True}}}},
     description="Re-read every trace from MLflow into the warehouse (not only new and changed ones) and rebuild the "
     "insights: for backfills after changing the trace source or repairing the warehouse.",

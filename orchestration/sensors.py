@@ -13,7 +13,7 @@ import duckdb
 from assets.labeling.rules import load_rules
 from assets.labeling.sessions import feedback_after, matches
 from assets.prompts.files import folder_digest
-from orchestration.jobs import labeling_job, prompt_release_job
+from orchestration.jobs import RETRIED, labeling_job, prompt_release_job
 from orchestration.schedules import automation_on
 from resources.settings import DEFAULT_FEEDBACK_SETTLE_S, LLMOPS_FEEDBACK_SETTLE_S, env_float
 from resources.user_files import UserFilesResource
@@ -83,7 +83,7 @@ def negative_feedback_sensor(context: dg.SensorEvaluationContext, warehouse: War
             if matching:
                 key = f"feedback-{first.last_updated_ms}-{first.assessment_id}-{last.last_updated_ms}-{last.assessment_id}"
                 requests.append(dg.RunRequest(
-                    run_key=key, tags={"dagster/max_retries": "2"},
+                    run_key=key, tags=RETRIED,
                     run_config={"ops": {"labeling_sessions": {"config": {
                         "assessment_ids": matching, "batch_key": key, "until_ms": last.last_updated_ms}}}},
                 ))

@@ -43,19 +43,32 @@ DEFAULT_EVALS_CRON = "0 6 * * *"  # daily, 06:00 UTC
 DEFAULT_FEEDBACK_SETTLE_S = 60.0
 DEFAULT_MAX_DELETE_SHARE = 0.5  # an extract deleting more of the warehouse's traces is refused
 
-# Dagster instance settings: one writer at a time for the DuckDB file (pool `duckdb_write`).
-_DAGSTER_YAML = """\
-# Written by llmops-platform. Runs that write the DuckDB warehouse share the pool `duckdb_write`.
+# Dagster instance settings: one writer at a time for the DuckDB file (pool `duckdb_write`), and runs whose worker
+# died failed within a minute or so, their slots freed and their retries launched (orchestration/run_monitoring.py).
+_DAGSTER_YAML_HEADER = "# Written by llmops-platform."
+_RUN_MONITORING_YAML = """\
+# A run whose worker process died (SIGKILL, out of memory) is failed, its pool slots freed, its retry launched.
+run_launcher:
+  module: orchestration.run_monitoring
+  class: LocalRunLauncher
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 15
+  max_resume_run_attempts: 0
+  free_slots_after_run_end_seconds: 5
+"""
+_DAGSTER_YAML = f"""\
+{_DAGSTER_YAML_HEADER} Runs that write the DuckDB warehouse share the pool `duckdb_write`.
 concurrency:
   pools:
     default_limit: 1
-# Labeling runs ask for retries (tag dagster/max_retries); a retried batch adds nothing twice.
+# Labeling and warehouse runs ask for retries (tag dagster/max_retries); a retried run adds nothing twice.
 run_retries:
   enabled: true
   max_retries: 0
 telemetry:
   enabled: false
-"""
+{_RUN_MONITORING_YAML}"""
 
 
 def llmops_home() -> Path:
@@ -111,6 +124,8 @@ def ensure_dagster_home() -> Path:
     config = home / "dagster.yaml"
     if not config.exists():
         config.write_text(_DAGSTER_YAML)
+    elif (text := config.read_text()).startswith(_DAGSTER_YAML_HEADER) and "run_monitoring:" not in text:
+        config.write_text(f"{text.rstrip()}\n{_RUN_MONITORING_YAML}")  # written by an earlier version: add it
     os.environ[DAGSTER_HOME] = str(home)
     return home
 
