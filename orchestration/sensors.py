@@ -67,7 +67,8 @@ def negative_feedback_sensor(context: dg.SensorEvaluationContext, warehouse: War
     rules = load_rules(user_files.labeling_rules_path)
     cursor = json.loads(context.cursor) if context.cursor else {"last_updated_ms": -1, "assessment_id": ""}
     try:
-        con = retry_while_locked(lambda: duckdb.connect(warehouse.path, read_only=True), timeout_s=15)
+        con = retry_while_locked(lambda: duckdb.connect(warehouse.path, read_only=True), timeout_s=15,
+                                 path=warehouse.path)
     except duckdb.IOException:
         return dg.SkipReason("the warehouse is being written; trying again at the next tick")
     requests, deadline = [], time.monotonic() + TICK_BUDGET_S

@@ -1,0 +1,65 @@
+"""A writer waiting for the warehouse's lock is not starved by readers: readers that arrive after it wait."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+
+from resources.warehouse import WRITER_WAITING_SUFFIX, WarehouseResource
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+HOLD_A_READ_LOCK = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+print("holding", flush=True)
+sys.stdin.readline()  # until the test says so
+"""
+
+
+def test_a_reader_arriving_while_a_writer_waits_goes_after_the_writer(tmp_path: Path):
+    path = str(tmp_path / "warehouse.duckdb")
+    with duckdb.connect(path) as con:
+        con.execute("CREATE TABLE t (v INTEGER); INSERT INTO t VALUES (1)")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_A_READ_LOCK, path], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"  # another process's read lock: the writer must wait
+
+    def write() -> None:
+        with WarehouseResource(path=path, lock_timeout_s=60).connect() as con:
+            con.execute("UPDATE t SET v = 2")
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    intent = Path(path + WRITER_WAITING_SUFFIX)
+    while not intent.exists():  # the writer has tried the lock once and announced itself
+        assert writer.is_alive()
+    # A reader as the API server has them; it would share the read lock with the holder at once.
+    reader = subprocess.Popen([sys.executable, "-c", READ, path], stdout=subprocess.PIPE, text=True,
+                              cwd=PROJECT_DIR, env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)})
+    assert reader.stdout.readline().strip() == "connecting"
+    time.sleep(1)  # time to attach, if it does not hold off
+    holder.stdin.write("release\n")
+    holder.stdin.close()
+    holder.wait(timeout=30)
+    writer.join(timeout=60)
+    assert reader.communicate(timeout=60)[0].strip() == "2"  # the reader went after the writer
+    assert not intent.exists()
+
+
+READ = """
+import sys
+import sqlalchemy as sa
+from resources.warehouse import attached_engine
+
+engine = attached_engine(sys.argv[1])
+print("connecting", flush=True)
+with engine.connect() as conn:
+    print(conn.execute(sa.text("SELECT v FROM t")).scalar())
+"""
