@@ -70,9 +70,20 @@ def _materialize(job_name: str, run_config: dict | None = None) -> None:
         instance=instance, run_config=run_config or {}, raise_on_error=False, tags=this_worker()
     )
     if not result.success:
-        failure = next((e for e in result.all_events if e.is_failure), None)
-        raise click.ClickException(f"Job '{job_name}' failed: {failure.message if failure else 'see the run log'}")
+        raise click.ClickException(f"Job '{job_name}' failed: {_failure_reason(result.all_events)}")
     click.echo(f"Job '{job_name}' succeeded (run {result.run_id}).")
+
+
+def _failure_reason(events: list) -> str:
+    """The first failed step's own words (a `dg.Failure` description or the error's message), else the run's."""
+    for event in events:
+        if event.is_step_failure and (data := event.step_failure_data):
+            if data.user_failure_data and data.user_failure_data.description:
+                return f"{event.step_key}: {data.user_failure_data.description}"
+            if data.error:
+                return f"{event.step_key}: {data.error.message.strip()}"
+    failure = next((e for e in events if e.is_failure), None)
+    return failure.message if failure else "see the run log"
 
 
 @main.command("extract")

@@ -210,3 +210,22 @@ def test_steps_opening_a_new_store_at_once_create_it_once(tmp_path: Path):
              for _ in range(3)]
     errors = [proc.communicate(timeout=300)[1] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0, 0], "\n".join(e[-1500:] for e in errors)
+
+
+def test_extract_from_another_store_is_refused_until_switched(seeded_store: Store, empty_store: Path, tmp_path: Path):
+    """A mistyped MLFLOW_TRACKING_URI used to empty the warehouse (600 -> 0) with every check passing."""
+    env = _env(tmp_path, MLFLOW_TRACKING_URI=seeded_store.uri)
+    assert subprocess.run([*LLMOPS, "extract"], cwd=PROJECT_DIR, env=env, capture_output=True, timeout=300).returncode == 0
+    other = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{empty_store}"}
+    refused = subprocess.run([*LLMOPS, "extract"], cwd=PROJECT_DIR, env=other, capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode != 0
+    assert f"copies the tracking store {seeded_store.uri}, but the source is now sqlite:///{empty_store}" in refused.stderr
+    warehouse = tmp_path / "home" / "warehouse.duckdb"
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM traces").fetchone()[0] == len(seeded_store.trace_ids)
+    switched = subprocess.run([*LLMOPS, "extract", "--switch-source"], cwd=PROJECT_DIR, env=other,
+                              capture_output=True, text=True, timeout=300)
+    assert switched.returncode == 0, switched.stderr[-2000:]
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM traces").fetchone()[0] == 0
