@@ -283,13 +283,22 @@ def rebuilding(con: duckdb.DuckDBPyConnection, path: str, alias: str, previous: 
         finally:
             os.close(directory)
     except BaseException:
-        if alias in {row[0] for row in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}:
-            con.execute(f"DETACH {alias}")
+        _detach_quietly(con, alias)
         Path(new).unlink(missing_ok=True)
         Path(f"{new}.wal").unlink(missing_ok=True)
         raise
     finally:
-        con.execute(f"DETACH {previous}")
+        # Held until after the rename, so no other writer could use the old file meanwhile. It has nothing to
+        # checkpoint (checkpointed above, only read since), so closing it writes no WAL beside the new file.
+        _detach_quietly(con, previous)
+
+
+def _detach_quietly(con: duckdb.DuckDBPyConnection, alias: str) -> None:
+    """Detach if attached; after a fatal error DuckDB refuses every statement, and the error that matters is that one."""
+    try:
+        con.execute(f"DETACH DATABASE IF EXISTS {alias}")
+    except duckdb.Error:
+        pass
 
 
 def _carry_over(con: duckdb.DuckDBPyConnection, source: str, target: str) -> None:
