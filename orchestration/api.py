@@ -3,12 +3,21 @@
 
 Each request attaches the warehouse read-only for its own duration (waiting while an extract holds the write
 lock), so the server never blocks the Dagster runs that write the file. Errors use MLflow's error JSON
-(`error_code`, `message`): INVALID_PARAMETER_VALUE → 400, RESOURCE_NOT_FOUND → 404.
+(`error_code`, `message` of at most MAX_MESSAGE characters): INVALID_PARAMETER_VALUE → 400 (413 for a body over
+MAX_BODY_BYTES), UNAUTHENTICATED → 401, PERMISSION_DENIED → 403, RESOURCE_NOT_FOUND and ENDPOINT_NOT_FOUND → 404,
+TEMPORARILY_UNAVAILABLE → 503 with Retry-After.
+
+With a token configured, every route but `GET /health` (the OpenAPI page too) needs `Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+import json
 import logging
+import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,29 +27,198 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from assets.insights import breakdowns, dimensions, queries
 from assets.insights.npmi import DimensionError
 from assets.insights.queries import TRACES, InsightsQuery
-from assets.labeling.feedback import FeedbackLinker, FeedbackNotFound, FeedbackRequest, FeedbackResponse
+from assets.labeling.feedback import FeedbackError, FeedbackLinker, FeedbackRequest, FeedbackResponse
 from resources.warehouse import attached_engine
 
 PREFIX = "/api/3.0/mlflow/traces/insights"
+API_TOKEN_ENV = "LLMOPS_API_TOKEN"  # one token for every caller
+API_TOKENS_ENV = "LLMOPS_API_TOKENS"  # per-client tokens, `alice=tok1,bob=tok2`
+MAX_BODY_BYTES = 1_000_000
+DRAIN_BYTES = 16_000_000  # a larger body is refused unread
+MAX_MESSAGE = 1_000  # characters of an error message
+ECHO = 100  # characters of one input value quoted in a message
+MAX_INT = 2**53
+RETRY_AFTER_S = 10
+CALLER = "llmops.caller"  # scope key: the authenticated client's name (per-client tokens only)
+CLIENT_NAME = re.compile(r"[\w.@-]+")
+TOKEN = re.compile(r"[!-~]+")  # what an Authorization header carries: printable ASCII, no spaces
+SURROGATE = re.compile("[\ud800-\udfff]")  # valid in a Python str and in JSON's escapes, not in UTF-8
+STATUS = {"INVALID_PARAMETER_VALUE": 400, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "RESOURCE_NOT_FOUND": 404,
+          "ENDPOINT_NOT_FOUND": 404, "INTERNAL_ERROR": 500, "TEMPORARILY_UNAVAILABLE": 503}
 log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, error_code: str, message: str):
+    """An answer in MLflow's error JSON; the HTTP status follows from the error code unless given."""
+
+    def __init__(self, error_code: str, message: str, status: int | None = None):
         super().__init__(message)
-        self.status, self.error_code, self.message = status, error_code, message
+        self.error_code, self.message, self.status = error_code, message, status or STATUS[error_code]
 
 
 def not_found(message: str) -> ApiError:
-    return ApiError(404, "RESOURCE_NOT_FOUND", message)
+    return ApiError("RESOURCE_NOT_FOUND", message)
 
 
-def create_app(warehouse_path: str, tracking_uri: str | None = None) -> FastAPIOffline:
-    """The app over the warehouse file; with `tracking_uri`, also the feedback API logging into that store."""
+def invalid(message: str) -> ApiError:
+    return ApiError("INVALID_PARAMETER_VALUE", message)
+
+
+def shown(text: str, limit: int = ECHO) -> str:
+    """`text` cut to `limit` characters and with lone surrogates escaped: input quoted in an answer stays small and
+    encodable."""
+    text = text.encode("utf-8", "backslashreplace").decode()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def api_error(exc: Exception) -> ApiError:
+    """Every failure as an ApiError: the one place exceptions get their error code."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, FeedbackError):
+        return ApiError(exc.error_code, str(exc))
+    if isinstance(exc, DimensionError):
+        return invalid(str(exc))
+    if isinstance(exc, RequestValidationError):
+        return invalid("; ".join(
+            f"{'.'.join(str(part) for part in error['loc'] if part != 'body') or 'body'}: {error['msg']}"
+            for error in exc.errors()
+        ))
+    if isinstance(exc, HTTPException):  # no such route or method, a body FastAPI could not read
+        code = "ENDPOINT_NOT_FOUND" if exc.status_code in (404, 405) else "INVALID_PARAMETER_VALUE"
+        return ApiError(code, str(exc.detail), exc.status_code)
+    log.exception("request failed")
+    return ApiError("INTERNAL_ERROR", f"{type(exc).__name__}: see the server log")
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    message = shown(error.message, MAX_MESSAGE)
+    if error.status == 503:
+        log.warning("answered 503: %s", message)  # the tracking store or the warehouse is down: worth an operator's look
+    headers = ({"Retry-After": str(RETRY_AFTER_S)} if error.status == 503
+               else {"WWW-Authenticate": "Bearer"} if error.status == 401 else None)
+    return JSONResponse({"error_code": error.error_code, "message": message}, status_code=error.status,
+                        headers=headers)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `llmops serve --host` is reachable from this machine only: localhost, 127.0.0.0/8 or ::1."""
+    try:
+        return host.lower() == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_client_tokens(text: str) -> dict[str, str]:
+    """LLMOPS_API_TOKENS (`alice=tok1,bob=tok2`) as {client name: token}. Errors name an entry by its position or
+    client name, never by its token."""
+    clients: dict[str, str] = {}
+    for number, entry in enumerate((e.strip() for e in text.split(",") if e.strip()), 1):
+        name, _, token = (part.strip() for part in entry.partition("="))
+        if not CLIENT_NAME.fullmatch(name) or not token:
+            raise ValueError(f"{API_TOKENS_ENV}: entry {number} is not name=token (a name of letters, digits and . @ _ -)")
+        if name in clients:
+            raise ValueError(f"{API_TOKENS_ENV}: client {name!r} is listed twice")
+        clients[name] = token
+    return clients
+
+
+def _check_json(body: bytes) -> None:
+    """Refuse what Python's json reads but JSON does not allow, naming where: NaN and Infinity (also numbers too
+    large for a float), integers beyond ±2**53, lone surrogates (not Unicode text)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise invalid(f"body: not JSON: {error}") from None
+    stack: list[tuple[tuple, object]] = [((), data)]  # a loop, not recursion: nesting depth is the client's choice
+    while stack:
+        path, value = stack.pop()
+        problem = None
+        if isinstance(value, dict):
+            stack.extend(pair for key, item in value.items() for pair in (((*path, key), key), ((*path, key), item)))
+        elif isinstance(value, list):
+            stack.extend(((*path, index), item) for index, item in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            problem = "must be a finite number (NaN and Infinity are not JSON)"
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            problem = "integers must be within ±2**53"
+        elif isinstance(value, str) and SURROGATE.search(value):
+            problem = "must be Unicode text (it holds a lone surrogate)"
+        if problem:
+            raise invalid(f"{'.'.join(map(str, path)) or 'body'}: {problem}")
+
+
+class _Gate:
+    """What every request passes before any route: the bearer token (all paths but /health, when tokens are
+    configured), then the body, read whole but at most MAX_BODY_BYTES, and checked as strict JSON."""
+
+    def __init__(self, app: ASGIApp, callers: dict[bytes, str | None]):
+        self.app, self.callers = app, callers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        try:
+            if self.callers and scope["path"] != "/health":
+                scope[CALLER] = self.authenticate(dict(scope["headers"]).get(b"authorization", b""))
+            body = await self.read(dict(scope["headers"]).get(b"content-length", b""), receive)
+            if body:
+                _check_json(body)
+        except ApiError as error:
+            return await error_response(error)(scope, receive, send)
+        replayed = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def replay() -> dict:
+            return replayed.pop() if replayed else await receive()
+
+        await self.app(scope, replay, send)
+
+    def authenticate(self, header: bytes) -> str | None:
+        scheme, _, given = header.partition(b" ")
+        # every token compared, each in constant time: how long the answer takes does not reveal a token's content
+        matches = [name for token, name in self.callers.items() if hmac.compare_digest(given.strip(), token)]
+        if scheme.lower() != b"bearer" or not matches:
+            raise ApiError("UNAUTHENTICATED", f"Send `Authorization: Bearer <token>` with a token of {API_TOKEN_ENV} "
+                           f"or {API_TOKENS_ENV}.")
+        return matches[0]
+
+    @staticmethod
+    async def read(content_length: bytes, receive: Receive) -> bytes:
+        too_large = ApiError("INVALID_PARAMETER_VALUE", f"body: larger than {MAX_BODY_BYTES} bytes", status=413)
+        if content_length.isdigit() and int(content_length) > DRAIN_BYTES:
+            raise too_large
+        # Past the limit the rest is read and dropped (up to DRAIN_BYTES): a client that sends its whole body before
+        # reading the answer gets the 413 instead of a reset connection.
+        chunks, size, more = [], 0, True
+        while more and size <= DRAIN_BYTES:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size <= MAX_BODY_BYTES:
+                chunks.append(chunk)
+            more = message["type"] == "http.request" and message.get("more_body", False)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        return b"".join(chunks)
+
+
+def create_app(warehouse_path: str, tracking_uri: str | None = None, *, token: str | None = None,
+               client_tokens: dict[str, str] | None = None) -> FastAPIOffline:
+    """The app over the warehouse file; with `tracking_uri`, also the feedback API logging into that store. With
+    `token` (shared) or `client_tokens` ({client name: token}), every route but /health needs one of them; a
+    client's name is then the source_id of its feedback."""
+    named = ([(None, token)] if token else []) + list((client_tokens or {}).items())
+    if not all(TOKEN.fullmatch(secret) for _, secret in named):
+        raise ValueError("API tokens must be printable ASCII without spaces")
+    callers = {secret.encode(): name for name, secret in named}
+    if len(callers) < len(named):
+        raise ValueError("every API token must be different")
     app = FastAPIOffline(
         title="llmops-platform insights API",
         description="Trace insights over the DuckDB warehouse: traffic, cost, assessments, tools, tags, "
@@ -48,13 +226,14 @@ def create_app(warehouse_path: str, tracking_uri: str | None = None) -> FastAPIO
         "are UTC-aligned and reported by their start.",
         version="1.0",
     )
+    app.add_middleware(_Gate, callers=callers)
     engine = attached_engine(warehouse_path)
 
     @contextmanager
     def warehouse(query: InsightsQuery) -> Iterator[sa.Connection]:
         """A connection for one request, after checking that every experiment is in the warehouse."""
         if not Path(warehouse_path).exists():
-            raise ApiError(503, "TEMPORARILY_UNAVAILABLE",
+            raise ApiError("TEMPORARILY_UNAVAILABLE",
                            "The warehouse has not been built yet: run `llmops extract` (or the warehouse_refresh job).")
         with engine.connect() as conn:
             known = set(conn.execute(
@@ -62,43 +241,37 @@ def create_app(warehouse_path: str, tracking_uri: str | None = None) -> FastAPIO
             ).scalars())
             missing = [e for e in query.experiment_ids if e not in known]
             if missing:
-                raise not_found(f"Experiment(s) {', '.join(map(repr, missing))} not found: no traces in the warehouse.")
+                raise not_found(f"Experiment(s) {', '.join(shown(repr(e)) for e in missing)} not found: "
+                                "no traces in the warehouse.")
             yield conn
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error_code": exc.error_code, "message": exc.message}, status_code=exc.status)
+    async def _error(_request: Request, exc: Exception) -> JSONResponse:
+        return error_response(api_error(exc))
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"] if part != "body") or "body"
-            problems.append(f"{field}: {error['msg']}")
-        return JSONResponse({"error_code": "INVALID_PARAMETER_VALUE", "message": "; ".join(problems)}, status_code=400)
+    for kind in (ApiError, FeedbackError, DimensionError, RequestValidationError, HTTPException, Exception):
+        app.add_exception_handler(kind, _error)
 
-    @app.exception_handler(DimensionError)
-    async def _dimension_error(_request: Request, exc: DimensionError) -> JSONResponse:
-        return JSONResponse({"error_code": "INVALID_PARAMETER_VALUE", "message": str(exc)}, status_code=400)
-
-    @app.exception_handler(Exception)
-    async def _internal_error(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("insights request failed")
-        return JSONResponse({"error_code": "INTERNAL_ERROR", "message": f"{type(exc).__name__}: see the server log"},
-                            status_code=500)
-
-    @app.exception_handler(FeedbackNotFound)
-    async def _feedback_not_found(_request: Request, exc: FeedbackNotFound) -> JSONResponse:
-        return JSONResponse({"error_code": "RESOURCE_NOT_FOUND", "message": str(exc)}, status_code=404)
+    @app.get("/health", include_in_schema=False)
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
 
     if tracking_uri is not None:
+        lock = Path(warehouse_path).with_name("feedback.lock")  # shared by every server of this warehouse
+
         def linker() -> FeedbackLinker:
             # The warehouse resolves most ids without asking MLflow; before the first extract, MLflow alone.
-            return FeedbackLinker(tracking_uri, engine if Path(warehouse_path).exists() else None)
+            return FeedbackLinker(tracking_uri, lock, engine if Path(warehouse_path).exists() else None)
 
         @app.post("/api/feedback", tags=["feedback"])
-        def feedback(request: FeedbackRequest) -> FeedbackResponse:
-            """Log end-user feedback on the trace whose client_request_id the chat app knows."""
+        def feedback(request: FeedbackRequest, http: Request) -> FeedbackResponse:
+            """Log end-user feedback on the trace whose client_request_id the chat app knows. With per-client
+            tokens the source_id is the caller's name."""
+            caller = http.scope.get(CALLER)
+            if caller is not None:
+                if request.source_id not in (None, caller):
+                    raise ApiError("PERMISSION_DENIED", f"source_id {shown(repr(request.source_id))} is not the "
+                                   f"authenticated client {caller!r}: leave it out or send {caller!r}.")
+                request = request.model_copy(update={"source_id": caller})
             return linker().log(request)
 
     @app.post(f"{PREFIX}/traffic-cost/volume", tags=["traffic-cost"])
@@ -131,7 +304,7 @@ def create_app(warehouse_path: str, tracking_uri: str | None = None) -> FastAPIO
         with warehouse(query) as conn:
             result = breakdowns.assessment_metrics(conn, query)
         if result is None:
-            raise not_found(f"No feedback named {query.assessment_name!r} in these experiments and times.")
+            raise not_found(f"No feedback named {shown(repr(query.assessment_name))} in these experiments and times.")
         return result
 
     @app.post(f"{PREFIX}/tools/discovery", tags=["tools"])

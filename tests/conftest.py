@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -109,13 +110,8 @@ def empty_store(empty_store_file: Path, tmp_path: Path) -> Path:
 
 def post_status(url: str, body, timeout_s: float = 60) -> tuple[int, dict]:
     """POST `body` (JSON, or raw bytes) to `url`: the HTTP status and the JSON answer, errors included."""
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    status, _, answer = http(url, body, timeout_s=timeout_s)
+    return status, json.loads(answer)
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -146,16 +142,36 @@ def wait_until_serving(url: str, processes: list[subprocess.Popen], output: Call
             time.sleep(0.3)
 
 
+def http(url: str, body=None, headers: dict[str, str] | None = None,
+         timeout_s: float = 60) -> tuple[int, dict[str, str], bytes]:
+    """A request to `url`, a POST when `body` is given (JSON, or raw bytes): the status, the headers (lower-case
+    names) and the raw answer, errors included."""
+    data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
+
+
 @contextmanager
-def llmops_serve(env: dict[str, str]) -> Iterator[str]:
-    """`llmops serve` in its own process on a free 127.0.0.1 port, with `env` added; yields its URL."""
+def llmops_serve(env: dict[str, str], log: Path | None = None) -> Iterator[str]:
+    """`llmops serve` in its own process on a free 127.0.0.1 port, with `env` added, its output in the file `log`
+    (a temporary one if not given); ready once /health answers (the one route open when a token is required)."""
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "serve", "--port", str(port)],
-                              cwd=PROJECT_DIR, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = log or Path(tempfile.mkstemp(suffix=".log")[1])
+    with open(log, "wb") as output:
+        server = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "serve", "--port", str(port)],
+                                  cwd=PROJECT_DIR, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    wait_until_serving(f"{url}/openapi.json", [server], lambda: server.stdout.read().decode(), timeout_s=60)
+    wait_until_serving(f"{url}/health", [server], log.read_text, timeout_s=60)
     try:
         yield url
     finally:
         server.terminate()
-        server.wait(timeout=20)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # uvicorn waits for requests in flight; leave no server behind
+            server.kill()
+            raise

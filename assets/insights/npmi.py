@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import sqlalchemy as sa
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
+from pydantic_core import PydanticCustomError
 
 from assets.insights.queries import (
     ASSESSMENTS,
@@ -35,9 +36,19 @@ class DimensionError(ValueError):
     """A dimension's name or parameters are wrong; the message names which."""
 
 
+def _scalar(value: Any) -> Any:
+    if isinstance(value, (str, int, float)):  # bool is an int
+        return value
+    raise PydanticCustomError("scalar", "must be a string, a number or a boolean")
+
+
+# Parameters are bound into SQL one by one: scalars only (a list, an object or null is a 400), types kept as sent.
+Parameter = Annotated[Any, BeforeValidator(_scalar)]
+
+
 class Dimension(BaseModel):
     name: str
-    parameters: dict[str, Any] = {}
+    parameters: dict[str, Parameter] = {}
 
 
 @dataclass(frozen=True)
