@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import duckdb
 import sqlalchemy as sa
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -90,6 +91,9 @@ def api_error(exc: Exception) -> ApiError:
             f"{'.'.join(str(part) for part in error['loc'] if part != 'body') or 'body'}: {error['msg']}"
             for error in exc.errors()
         ))
+    cause = getattr(exc, "orig", exc)  # SQLAlchemy wraps the driver's errors
+    if isinstance(cause, duckdb.IOException) and "lock" in str(cause).lower():
+        return ApiError("TEMPORARILY_UNAVAILABLE", "The warehouse is being written and stayed locked: retry.")
     if isinstance(exc, HTTPException):  # no such route or method, a body FastAPI could not read
         code = "ENDPOINT_NOT_FOUND" if exc.status_code in (404, 405) else "INVALID_PARAMETER_VALUE"
         return ApiError(code, str(exc.detail), exc.status_code)

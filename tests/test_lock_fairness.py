@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from resources.warehouse import WRITER_WAITING_SUFFIX, WarehouseResource
 
@@ -63,3 +64,23 @@ print("connecting", flush=True)
 with engine.connect() as conn:
     print(conn.execute(sa.text("SELECT v FROM t")).scalar())
 """
+
+
+def test_a_reader_locked_out_for_too_long_is_told_to_retry(tmp_path: Path):
+    """The API answers 503 TEMPORARILY_UNAVAILABLE (retry), not 500, when a writer keeps the file past its wait."""
+    from orchestration.api import api_error
+    from resources.warehouse import attached_engine
+
+    path = str(tmp_path / "warehouse.duckdb")
+    duckdb.connect(path).close()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_A_READ_LOCK.replace("read_only=True", "read_only=False"),
+                               path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    try:
+        with pytest.raises(Exception) as locked_out, attached_engine(path, lock_timeout_s=0.3).connect():
+            pass
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    error = api_error(locked_out.value)
+    assert (error.status, error.error_code) == (503, "TEMPORARILY_UNAVAILABLE")
