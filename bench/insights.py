@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -71,8 +73,9 @@ def endpoint_bodies(experiment_id: str) -> dict[str, dict]:
     }
 
 
-def endpoint_latencies(warehouse: Path, experiment_id: str, repeats: int) -> dict[str, dict]:
-    """p50/p95 of each endpoint over real HTTP against `llmops serve` (per request: open, query, close)."""
+@contextmanager
+def serving(warehouse: Path) -> Iterator[str]:
+    """`llmops serve` over the warehouse on a free 127.0.0.1 port, in its own process; yields its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -83,10 +86,21 @@ def endpoint_latencies(warehouse: Path, experiment_id: str, repeats: int) -> dic
     try:
         for _ in range(300):
             try:
-                urllib.request.urlopen(f"{url}/openapi.json", timeout=2)
+                urllib.request.urlopen(f"{url}/health", timeout=2)
                 break
             except OSError:
                 time.sleep(0.2)
+        else:
+            raise RuntimeError("llmops serve did not start")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def endpoint_latencies(warehouse: Path, experiment_id: str, repeats: int) -> dict[str, dict]:
+    """p50/p95 of each endpoint over real HTTP against `llmops serve` (per request: open, query, close)."""
+    with serving(warehouse) as url:
         results, bodies = {}, endpoint_bodies(experiment_id)
         for path, body in tqdm(bodies.items(), total=len(bodies), desc="endpoints", unit="endpoint"):
             request = urllib.request.Request(f"{url}{PREFIX}/{path}", data=json.dumps(body).encode(),
@@ -103,9 +117,6 @@ def endpoint_latencies(warehouse: Path, experiment_id: str, repeats: int) -> dic
                              "p95_ms": round(times[min(len(times) - 1, round(0.95 * (len(times) - 1)))], 1)}
             tqdm.write(f"  {path}: {results[path]}")
         return results
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def timed(action, *args, **kwargs):

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -26,27 +23,9 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 
-from bench.insights import ensure_warehouse  # noqa: E402
+from bench.insights import ensure_warehouse, serving  # noqa: E402
 from bench.trace_extract import timed_extract  # noqa: E402
 from orchestration.api import PREFIX  # noqa: E402
-
-
-def _serve(warehouse: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "LLMOPS_DUCKDB_PATH": str(warehouse), "LLMOPS_HOME": str(warehouse.parent / "home")}
-    server = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "serve", "--port", str(port)],
-                              cwd=BENCH_DIR.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            return server, url
-        except OSError:
-            time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("llmops serve did not start")
 
 
 def _hammer(url: str, experiment_id: str, stop: threading.Event, counts: list[int], deadline_s: float) -> None:
@@ -71,8 +50,7 @@ def run(size: int, data_dir: Path, clients: int, runs: int) -> dict:
     with duckdb.connect(str(work), read_only=True) as con:
         experiment_id = con.execute("SELECT experiment_id FROM traces LIMIT 1").fetchone()[0]
     idle = [timed_extract(uri, work, full_refresh=True)["seconds"] for _ in range(runs)]
-    server, url = _serve(work)
-    try:
+    with serving(work) as url:
         loaded, answered = [], []
         for _ in range(runs):
             stop, counts = threading.Event(), []
@@ -86,13 +64,10 @@ def run(size: int, data_dir: Path, clients: int, runs: int) -> dict:
             for thread in threads:
                 thread.join()
             answered.append(len(counts))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     # The worst loaded run is the point (a starved writer is unlucky, not slow), against the best idle one.
     result = {"size": size, "clients": clients, "idle_runs_s": [round(t, 2) for t in idle],
-              "loaded_runs_s": [round(t, 2) for t in loaded], "worst_loaded_over_best_idle": round(max(loaded) / min(idle), 2),
-              "requests_answered": answered}
+              "loaded_runs_s": [round(t, 2) for t in loaded],
+              "worst_loaded_over_best_idle": round(max(loaded) / min(idle), 2), "requests_answered": answered}
     print(json.dumps(result))
     return result
 

@@ -204,7 +204,7 @@ Next
   Deploy agent uv run llmops deploy                  -> a local model server, smoke-tested
   Dagster UI   uv run llmops ui                      -> http://127.0.0.1:3000
   Insights API uv run llmops serve                   -> http://127.0.0.1:8000/docs
-  MLflow UI    uv run mlflow ui --backend-store-uri {uri} --port 5000
+  MLflow UI    uv run mlflow ui --backend-store-uri {settings.mask_uri(uri)} --port 5000
   Query        uv run python -c "import duckdb; print(duckdb.connect('{values[settings.LLMOPS_DUCKDB_PATH]}', read_only=True).sql('SELECT status, count(*) FROM traces GROUP BY 1'))"
 """
     )

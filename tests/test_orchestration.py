@@ -229,3 +229,16 @@ def test_extract_from_another_store_is_refused_until_switched(seeded_store: Stor
     assert switched.returncode == 0, switched.stderr[-2000:]
     with duckdb.connect(str(warehouse), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM traces").fetchone()[0] == 0
+
+
+def test_a_step_finds_its_new_store_created_before_it_runs(tmp_path: Path):
+    """MlflowResource's setup_for_execution (every step that uses it) creates a brand-new store first."""
+    from resources.mlflow import _has_schema
+
+    store = tmp_path / "new" / "mlflow.db"
+
+    @dg.asset
+    def probe(mlflow: MlflowResource) -> None:
+        assert _has_schema(store), "the step ran before its store was created"
+
+    assert dg.materialize([probe], resources={"mlflow": MlflowResource(tracking_uri=f"sqlite:///{store}")}).success

@@ -199,8 +199,8 @@ def _extract(source: TraceSource, warehouse_path: str, *, rebuild: bool, switch_
             "preserve_insertion_order": False,  # rows have no order in the warehouse; lets inserts run in parallel
         }
     )
-    # No "PRAGMA disable_checkpoint_on_shutdown": with DuckDB 1.5.5, another read-write connection replaying the
-    # WAL it leaves corrupts the primary-key indexes (the next DELETE fails fatally; see tests).
+    # No "PRAGMA disable_checkpoint_on_shutdown": every close would then leave a WAL for the next opener to replay,
+    # the one path on which DuckDB 1.5.5 has damaged indexes (tests/test_warehouse.py); closing checkpoints.
     try:
         attach_with_retry(source, con)
 
