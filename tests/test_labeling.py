@@ -227,6 +227,7 @@ def test_a_warehouse_from_before_migration_4_waits_for_its_next_extract(loop: di
     extract(loop)
     with duckdb.connect(loop["resources"]["warehouse"].path) as con:  # as an older platform left it
         con.execute("ALTER TABLE _extract_runs DROP COLUMN source_read_ms")
+        con.execute("ALTER TABLE _extract_runs DROP COLUMN tracking_store")  # migration 5
         con.execute("DELETE FROM _schema_version WHERE version >= 4")
     with dg.instance_for_test() as instance:
         skipped = tick(loop, instance, None)
