@@ -71,7 +71,7 @@ MIGRATIONS: list[str] = [
         name VARCHAR NOT NULL,
         assessment_type VARCHAR NOT NULL,         -- feedback | expectation
         value_json VARCHAR,
-        value_type VARCHAR,                       -- boolean | numeric | string | json
+        value_type VARCHAR,                       -- boolean | numeric | string | json (NULL: no value, migration 6)
         bool_value BOOLEAN,
         numeric_value DOUBLE,
         string_value VARCHAR,
@@ -156,6 +156,11 @@ MIGRATIONS: list[str] = [
     """
     DROP INDEX IF EXISTS traces_client_request_id;
     ALTER TABLE _extract_runs ADD COLUMN tracking_store VARCHAR;
+    """,
+    # 6: an assessment whose value is JSON null (a failed judge or scorer run, its error in error_json) has no
+    # value_type, so it never turns a numeric or boolean feedback name into `json`.
+    """
+    UPDATE assessments SET value_type = NULL WHERE value_json IS NULL OR value_json = 'null';
     """,
 ]
 

@@ -63,7 +63,7 @@ def warehouse_rows(path: str) -> dict[str, set]:
                       last_updated_ms, valid FROM assessments"""
         ).fetchall():
             (aid, tid, name, atype, value_json, value_type, b, n, s, stype, sid, rationale, span, c, u, valid) = row
-            typed = {"boolean": b, "numeric": n, "string": s, "json": None}[value_type]
+            typed = {"boolean": b, "numeric": n, "string": s, "json": None, None: None}[value_type]
             assessments.add((aid, tid, name, atype, json.dumps(json.loads(value_json), sort_keys=True),
                              (value_type, typed), stype, sid, rationale, span, c, u, valid))
         return {
@@ -88,7 +88,9 @@ def table_dump(path: str) -> dict[str, list]:
         return {t: sorted(con.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
 
 
-def _typed(value) -> tuple[str, object]:
+def _typed(value) -> tuple[str | None, object]:
+    if value is None:  # a failed judge run's value: no value, no type
+        return (None, None)
     if isinstance(value, bool):
         return ("boolean", value)
     if isinstance(value, (int, float)):

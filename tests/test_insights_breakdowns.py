@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from pathlib import Path
 
+import mlflow
 import pytest
+import sqlalchemy as sa
 from mlflow import MlflowClient
+from mlflow.entities import AssessmentError, AssessmentSource, AssessmentSourceType
 from mlflow.entities.trace_metrics import AggregationType, MetricAggregation, MetricViewType
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 from assets.insights.breakdowns import (
     AssessmentQuery,
@@ -22,7 +27,10 @@ from assets.insights.breakdowns import (
     tools_discovery,
 )
 from assets.insights.queries import InsightsQuery, TimeBucket
+from assets.traces.extract import extract_traces
+from resources.trace_sources import SqlTrackingStore
 from tests.conftest import HOSTILE_TAGS, Store
+from tests.test_extract import assert_matches_mlflow
 
 
 def _metrics(mlflow_store, store: Store, view, metric, aggregations, **kwargs) -> list:
@@ -134,3 +142,32 @@ def test_tags_equal_search_traces_counts_including_hostile_values(warehouse, see
         assert [(v.value, v.count) for v in response.summary.values] == [(HOSTILE_TAGS[key], 1)]
     assert sum(p.trace_count for p in persona.time_series) == persona.summary.trace_count
     assert all(len(p.values) <= 2 for p in persona.time_series)
+
+
+def test_failed_judge_runs_are_skipped_and_keep_each_name_typed(store: Store, warehouse_path: str, tmp_path: Path):
+    """A judge or scorer that errors logs JSON null with its error. It used to turn `relevance` into a string
+    feedback (no average) and `user_thumbs` into one with no false count; MLflow's metrics skip such values."""
+    for trace_id, name in zip(store.trace_ids[:4], ("relevance", "relevance", "user_thumbs", "user_thumbs")):
+        mlflow.log_feedback(trace_id=trace_id, name=name, source=AssessmentSource(AssessmentSourceType.LLM_JUDGE, "judge"),
+                            error=AssessmentError(error_code="TIMEOUT", error_message="the judge timed out"))
+    extract_traces(SqlTrackingStore(store.uri), warehouse_path)
+    assert_matches_mlflow(store, warehouse_path)  # the failed runs are copied, typed as no value
+    mlflow_store = SqlAlchemyStore(store.uri, str(tmp_path / "artifacts"))
+    query = InsightsQuery(experiment_ids=[store.experiment_id])
+    engine = sa.create_engine(f"duckdb:///{warehouse_path}", connect_args={"read_only": True})
+    with engine.connect() as conn:
+        kinds = {a.name: a.assessment_type for a in assessments_discovery(conn, query).data}
+        relevance = assessment_metrics(conn, AssessmentQuery(**query.model_dump(), assessment_name="relevance"))
+        thumbs = assessment_metrics(conn, AssessmentQuery(**query.model_dump(), assessment_name="user_thumbs"))
+    engine.dispose()
+    assert kinds == {"user_thumbs": "boolean", "relevance": "numeric", "tone": "string"}
+    (point,) = _metrics(mlflow_store, store, MetricViewType.ASSESSMENTS, "assessment_value",
+                        [MetricAggregation(AggregationType.AVG)], filters=["assessment.name = 'relevance'"])
+    assert math.isclose(relevance.summary.avg, point.values["AVG"])
+    points = _metrics(mlflow_store, store, MetricViewType.ASSESSMENTS, "assessment_count",
+                      [MetricAggregation(AggregationType.COUNT)], dimensions=["assessment_value"],
+                      filters=["assessment.name = 'user_thumbs'", "assessment.type = 'feedback'"])
+    theirs = {json.loads(p.dimensions["assessment_value"]): p.values["COUNT"] for p in points}
+    assert theirs.pop(None) == 2  # MLflow counts the failed runs as a value of their own; they are no value here
+    assert (thumbs.summary.true_count, thumbs.summary.false_count, thumbs.summary.count) == (
+        theirs[True], theirs[False], theirs[True] + theirs[False])

@@ -34,7 +34,10 @@ ASSESSMENTS = sa.table(
     sa.column("string_value"), sa.column("source_type"),
 )
 # Feedback that counts: assessments of type feedback that no later assessment overrode (as MLflow's metrics).
-VALID_FEEDBACK = sa.and_(ASSESSMENTS.c.assessment_type == "feedback", ASSESSMENTS.c.valid)
+# Feedback that counts: not overridden, and with a value (a failed judge run logs JSON null with its error:
+# MLflow's metrics skip it, and so does every insight here; it never decides a name's type).
+VALID_FEEDBACK = sa.and_(ASSESSMENTS.c.assessment_type == "feedback", ASSESSMENTS.c.valid,
+                         ASSESSMENTS.c.value_type.is_not(None))
 
 
 class TimeBucket(str, Enum):

@@ -130,7 +130,8 @@ def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
                    error, source_type, source_id, rationale, span_id, run_id, overrides,
                    created_timestamp, last_updated_timestamp, CAST(valid AS BOOLEAN), joined_timestamp_ms
             FROM (
-                SELECT *, CASE WHEN NOT json_valid(value) THEN 'string'
+                SELECT *, CASE WHEN value IS NULL OR trim(value) = 'null' THEN NULL  -- no value: a failed judge run
+                               WHEN NOT json_valid(value) THEN 'string'
                                WHEN json_type(value) = 'BOOLEAN' THEN 'boolean'
                                WHEN json_type(value) IN ('BIGINT', 'UBIGINT', 'DOUBLE') THEN 'numeric'
                                WHEN json_type(value) = 'VARCHAR' THEN 'string'
