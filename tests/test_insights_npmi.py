@@ -37,6 +37,9 @@ PAIRS = [
      Dimension(name="tags.channel", parameters={"value": "slack"}), "tags.channel = 'slack'"),
     (Dimension(name="tools.sql.query", parameters={"value": "used"}), "span.name = 'sql.query'",
      Dimension(name="assessment.user_thumbs", parameters={"value": True}), "feedback.user_thumbs = 'true'"),
+    # A numeric judge's value asked as a string, as MLflow's filter syntax asks it.
+    (Dimension(name="assessment.relevance", parameters={"value": "0.7"}), "feedback.relevance = '0.7'",
+     Dimension(name="status", parameters={"value": "OK"}), "attributes.status = 'OK'"),
 ]
 
 
@@ -52,6 +55,15 @@ def test_counts_and_npmi_equal_calculate_trace_filter_correlation(
     )
     assert ours.dimension1_count > 0 and ours.dimension2_count > 0
     assert same(ours.npmi, theirs.npmi) and same(ours.npmi_smoothed, theirs.npmi_smoothed)
+
+
+def test_a_number_asked_as_a_string_matches_the_numeric_feedback(warehouse, seeded_store: Store):
+    """`"1"` matches a judge's 1.0 (stored as the JSON text `1.0`) like the number 1 does; it used to match nothing."""
+    query, ok = InsightsQuery(experiment_ids=[seeded_store.experiment_id]), Dimension(name="status", parameters={"value": "OK"})
+    with warehouse.connect() as conn:
+        counts = [calculate_npmi(conn, query, Dimension(name="assessment.relevance", parameters={"value": value}), ok)
+                  .dimension1_count for value in ("1", 1, 1.0, "1.0")]
+    assert counts[0] > 0 and len(set(counts)) == 1, counts
 
 
 def test_hostile_tag_values_are_bound_not_spliced(warehouse, seeded_store: Store):

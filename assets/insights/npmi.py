@@ -92,16 +92,23 @@ def _compare(dimension: Dimension, column: sa.ColumnElement) -> sa.ColumnElement
 
 
 def _assessment_value(value: Any) -> sa.ColumnElement[bool]:
-    """Feedback equal to `value`: a boolean matches true/false in any spelling, a number the numeric value."""
+    """Feedback equal to `value`: a boolean matches true/false in any spelling, a number the numeric value, also
+    when asked as a string ("5" matches 5 and 5.0, as MLflow's `feedback.x = '5'` does)."""
     if isinstance(value, bool):
         return ASSESSMENTS.c.bool_value == value
     if isinstance(value, (int, float)):
         return ASSESSMENTS.c.numeric_value == value
     text = str(value)
-    as_bool = {"true": True, "false": False}.get(text.lower())
-    if as_bool is None:
-        return ASSESSMENTS.c.string_value == text
-    return sa.or_(ASSESSMENTS.c.bool_value == as_bool, ASSESSMENTS.c.string_value == text)
+    matches = [ASSESSMENTS.c.string_value == text]
+    if (as_bool := {"true": True, "false": False}.get(text.lower())) is not None:
+        matches.append(ASSESSMENTS.c.bool_value == as_bool)
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if math.isfinite(number):
+        matches.append(ASSESSMENTS.c.numeric_value == number)
+    return sa.or_(*matches)
 
 
 def trace_ids(dimension: Dimension) -> sa.Select:
