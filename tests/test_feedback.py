@@ -95,6 +95,22 @@ def test_a_retried_request_with_an_idempotency_key_logs_once(feedback_api):
     assert not third[1]["duplicate"] and len(feedback_on(store, trace.trace_id, "app_retry")) == 2
 
 
+@pytest.mark.parametrize(("value", "expected", "given"), [("false", "boolean", "string"), (1, "boolean", "numeric"),
+                                                       (True, "numeric", "boolean"), ("0.9", "numeric", "string")])
+def test_a_value_of_another_type_than_the_feedback_name_has_is_refused(feedback_api, value, expected, given):
+    """user_thumbs is boolean and relevance numeric in the warehouse: one string would make either a string feedback."""
+    url, store, _ = feedback_api
+    trace = MlflowClient(store.uri).get_trace(store.trace_ids[9]).info
+    name = "user_thumbs" if expected == "boolean" else "relevance"
+    before = len(feedback_on(store, trace.trace_id, name))
+    status, answer = post(url, {"experiment_id": store.experiment_id, "client_request_id": trace.client_request_id,
+                                "assessment_name": name, "assessment_value": value})
+    assert (status, answer["error_code"]) == (400, "INVALID_PARAMETER_VALUE")
+    assert answer["message"].startswith(f"assessment_value: feedback '{name}' in experiment {store.experiment_id} "
+                                        f"is {expected}; send a {expected} value, not a {given} one.")
+    assert len(feedback_on(store, trace.trace_id, name)) == before  # nothing was logged
+
+
 @pytest.mark.parametrize("body, fragment", [
     ({"experiment_id": "{exp}", "client_request_id": "req-nobody", "assessment_name": "x", "assessment_value": True},
      "No trace with client_request_id 'req-nobody'"),

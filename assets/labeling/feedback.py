@@ -33,8 +33,9 @@ from pydantic import (
     model_validator,
 )
 
+from assets.insights.breakdowns import assessment_type
 from assets.insights.npmi import mlflow_literal
-from assets.insights.queries import TRACES
+from assets.insights.queries import TRACES, InsightsQuery
 from resources.settings import mask_uri, scrub
 
 IDEMPOTENCY_KEY = "llmops.idempotency_key"
@@ -164,8 +165,24 @@ class FeedbackLinker:
         raise FeedbackError("RESOURCE_NOT_FOUND",
                             f"No trace with client_request_id {client_request_id!r} in experiment {experiment_id}.")
 
+    def check_type(self, experiment_id: str, request: FeedbackRequest) -> None:
+        """Refuse a value whose type differs from the feedback of that name the warehouse has: one `"false"` string
+        would turn a boolean thumbs feedback into a string one, and its rates and root causes would vanish."""
+        if self.warehouse is None:
+            return  # before the first extract nothing is known yet
+        with self.warehouse.connect() as conn:
+            expected = assessment_type(conn, InsightsQuery(experiment_ids=[experiment_id]), request.assessment_name)
+        value = request.assessment_value
+        given = "boolean" if isinstance(value, bool) else "numeric" if isinstance(value, (int, float)) else "string"
+        if expected is not None and expected != given:
+            raise FeedbackError("INVALID_PARAMETER_VALUE",
+                                f"assessment_value: feedback {request.assessment_name!r} in experiment {experiment_id} "
+                                f"is {expected}; send a {expected} value, not a {given} one.")
+
     def log(self, request: FeedbackRequest) -> FeedbackResponse:
-        trace_id, via = self.resolve(self.experiment_id(request), request.client_request_id)
+        experiment_id = self.experiment_id(request)
+        self.check_type(experiment_id, request)
+        trace_id, via = self.resolve(experiment_id, request.client_request_id)
         tracing = TracingClient(self.tracking_uri)
         key = request.idempotency_key
         # MLflow stays the source of truth for "already logged"; the lock makes its check and the log one step
