@@ -11,15 +11,21 @@ import subprocess
 from pathlib import Path
 
 import dagster as dg
+import mlflow
 import pytest
 import sqlalchemy as sa
+from mlflow.entities import AssessmentSource, AssessmentSourceType
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 from assets.insights.assets import insights_report, insights_rollups, root_causes
 from assets.insights.breakdowns import tools_discovery
 from assets.insights.npmi import Dimension, calculate_npmi
 from assets.insights.queries import InsightsQuery, TimeBucket, traffic_latency, traffic_volume
+from assets.insights.rollups import OutcomeRules, outcomes
 from assets.traces.assets import trace_warehouse
+from assets.traces.extract import extract_traces
 from resources.mlflow import MlflowResource
+from resources.trace_sources import SqlTrackingStore
 from resources.warehouse import WarehouseResource, sqlalchemy_engine
 from tests.conftest import Store
 
@@ -111,3 +117,20 @@ def test_report_draws_its_charts_in_headless_chromium(materialized, tmp_path: Pa
     assert len(bars) > 10  # volume bars (OK and ERROR per day) and tool bars have real geometry
     assert dom.count('class="hm"') == 1 or "heatmaplayer" in dom  # the root-cause heatmap layer
     assert "Top root causes" in dom and "status ERROR" in dom
+
+
+def test_a_yes_no_judges_no_is_a_bad_outcome(store: Store, warehouse_path: str, tmp_path: Path):
+    """MLflow's built-in judges answer yes/no: `no` is the failing answer, a root-cause outcome like a thumbs-down."""
+    judge = AssessmentSource(AssessmentSourceType.LLM_JUDGE, "correctness-judge")
+    for i, trace_id in enumerate(store.trace_ids[:20]):
+        mlflow.log_feedback(trace_id=trace_id, name="correctness", value="no" if i % 3 == 0 else "yes", source=judge)
+    extract_traces(SqlTrackingStore(store.uri), warehouse_path)
+    query = InsightsQuery(experiment_ids=[store.experiment_id])
+    with sqlalchemy_engine(warehouse_path).connect() as conn:
+        found = outcomes(conn, query, OutcomeRules())
+        no = Dimension(name="assessment.correctness", parameters={"value": "no"})
+        assert no in found and not any(d.name == "assessment.tone" for d in found)  # tone's values are not yes/no
+        ours = calculate_npmi(conn, query, no, Dimension(name="status", parameters={"value": "ERROR"}))
+    theirs = SqlAlchemyStore(store.uri, str(tmp_path / "artifacts")).calculate_trace_filter_correlation(
+        [store.experiment_id], "feedback.correctness = 'no'", "attributes.status = 'ERROR'")
+    assert (ours.dimension1_count, ours.joint_count) == (theirs.filter1_count, theirs.joint_count) == (7, theirs.joint_count)
