@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from assets.insights import breakdowns, dimensions, queries
 from assets.insights.npmi import DimensionError
-from assets.insights.queries import TRACES, InsightsQuery
+from assets.insights.queries import EXPERIMENTS, TRACES, InsightsQuery
 from assets.labeling.feedback import FeedbackError, FeedbackLinker, FeedbackRequest, FeedbackResponse
 from resources.warehouse import attached_engine
 
@@ -212,6 +212,17 @@ class _Gate:
         return b"".join(chunks)
 
 
+def known_experiments(conn: sa.Connection, experiment_ids: list[str]) -> set[str]:
+    """Which of the ids the warehouse knows: the store's experiments (with or without traces), and, for a
+    warehouse not extracted since schema version 7 added that table, those with traces."""
+    found = sa.select(TRACES.c.experiment_id).where(TRACES.c.experiment_id.in_(experiment_ids))
+    if conn.exec_driver_sql(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = 'experiments'"
+    ).scalar():
+        found = found.union(sa.select(EXPERIMENTS.c.experiment_id).where(EXPERIMENTS.c.experiment_id.in_(experiment_ids)))
+    return set(conn.execute(found).scalars())
+
+
 def create_app(warehouse_path: str, tracking_uri: str | None = None, *, token: str | None = None,
                client_tokens: dict[str, str] | None = None) -> FastAPIOffline:
     """The app over the warehouse file; with `tracking_uri`, also the feedback API logging into that store. With
@@ -240,13 +251,11 @@ def create_app(warehouse_path: str, tracking_uri: str | None = None, *, token: s
             raise ApiError("TEMPORARILY_UNAVAILABLE",
                            "The warehouse has not been built yet: run `llmops extract` (or the warehouse_refresh job).")
         with engine.connect() as conn:
-            known = set(conn.execute(
-                sa.select(TRACES.c.experiment_id).distinct().where(TRACES.c.experiment_id.in_(query.experiment_ids))
-            ).scalars())
+            known = known_experiments(conn, query.experiment_ids)
             missing = [e for e in query.experiment_ids if e not in known]
             if missing:
-                raise not_found(f"Experiment(s) {', '.join(shown(repr(e)) for e in missing)} not found: "
-                                "no traces in the warehouse.")
+                raise not_found(f"Experiment(s) {', '.join(shown(repr(e)) for e in missing)} not found in the "
+                                "tracking store the warehouse copies.")
             yield conn
 
     async def _error(_request: Request, exc: Exception) -> JSONResponse:

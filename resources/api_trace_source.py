@@ -25,6 +25,8 @@ _TYPES = {
     "experiment_id": pa.string(), "timestamp_ms": pa.int64(), "execution_time_ms": pa.int64(),
     "input_tokens": pa.int64(), "output_tokens": pa.int64(), "total_tokens": pa.int64(),
     "input_cost": pa.float64(), "output_cost": pa.float64(), "total_cost": pa.float64(), "db_payload_generation": pa.int64(),
+    "cache_read_input_tokens": pa.int64(), "cache_creation_input_tokens": pa.int64(),
+    "creation_time": pa.int64(), "last_update_time": pa.int64(),
     "start_time_unix_nano": pa.int64(), "end_time_unix_nano": pa.int64(),
     "created_timestamp": pa.int64(), "last_updated_timestamp": pa.int64(), "valid": pa.bool_(),
 }
@@ -54,7 +56,8 @@ def trace_info_rows(info: TraceInfo) -> dict[str, list[dict]]:
             "client_request_id": info.client_request_id, "request_preview": info.request_preview,
             "response_preview": info.response_preview, "trace_name": info.tags.get("mlflow.traceName"),
             "session_id": meta.get("mlflow.trace.session"),
-            **{k: usage.get(k) for k in ("input_tokens", "output_tokens", "total_tokens")},
+            **{k: usage.get(k) for k in ("input_tokens", "output_tokens", "total_tokens", "cache_read_input_tokens",
+                                         "cache_creation_input_tokens")},
             **{k: cost.get(k) for k in ("input_cost", "output_cost", "total_cost")},
             # Not in MLflow's API: spans added to a trace later are seen only with other changes (README).
             "db_payload_generation": None,
@@ -114,9 +117,11 @@ class ApiTrackingStore:
 
     def attach(self, con: duckdb.DuckDBPyConnection) -> None:
         client = MlflowClient(tracking_uri=self.uri)
-        experiment_ids = [
-            e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=50_000)
-        ]
+        experiments = client.search_experiments(view_type=ViewType.ALL, max_results=50_000)
+        self._register(con, "experiments", _arrow("experiments", [
+            {"experiment_id": e.experiment_id, "name": e.name, "lifecycle_stage": e.lifecycle_stage,
+             "creation_time": e.creation_time, "last_update_time": e.last_update_time} for e in experiments]))
+        experiment_ids = [e.experiment_id for e in experiments if e.lifecycle_stage == "active"]
         bound_ms = int(time.time() * 1000)
         rows: dict[str, list[dict]] = {t: [] for t in ("trace_info", "trace_tags", "trace_request_metadata", "assessments")}
         seen: set[str] = set()

@@ -23,7 +23,8 @@ RAW_COLUMNS: dict[str, tuple[str, ...]] = {
     "trace_info": (
         "request_id", "experiment_id", "timestamp_ms", "execution_time_ms", "status", "client_request_id",
         "request_preview", "response_preview", "trace_name", "session_id", "input_tokens", "output_tokens",
-        "total_tokens", "input_cost", "output_cost", "total_cost", "db_payload_generation",
+        "total_tokens", "input_cost", "output_cost", "total_cost", "db_payload_generation", "cache_read_input_tokens",
+        "cache_creation_input_tokens",
     ),
     "spans": (
         "trace_id", "experiment_id", "span_id", "parent_span_id", "name", "type", "status",
@@ -36,6 +37,7 @@ RAW_COLUMNS: dict[str, tuple[str, ...]] = {
         "created_timestamp", "last_updated_timestamp", "source_type", "source_id", "run_id", "span_id",
         "rationale", "overrides", "valid",
     ),
+    "experiments": ("experiment_id", "name", "lifecycle_stage", "creation_time", "last_update_time"),
 }
 TRACE_ID_COLUMN = {
     "trace_info": "request_id",
@@ -62,7 +64,8 @@ class TraceSource(Protocol):
         """Make the source readable from `con`."""
 
     def relation(self, con: duckdb.DuckDBPyConnection, table: str, only_changed: bool) -> str:
-        """A FROM-clause for `table`'s rows: all of them, or those of the traces in temp table `_changed`."""
+        """A FROM-clause for `table`'s rows: all of them, or those of the traces in temp table `_changed`
+        (`experiments`: always all)."""
 
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -135,10 +138,10 @@ class SqlTrackingStore:
         check_schema_revision(con, self.uri)
 
     def relation(self, con: duckdb.DuckDBPyConnection, table: str, only_changed: bool) -> str:
-        key = TRACE_ID_COLUMN[table]
         scan = f"SELECT {_projection(table)} FROM src.{table}"
         if not only_changed:
             return f"({scan})"
+        key = TRACE_ID_COLUMN[table]
         trace_ids = [row[0] for row in con.execute("SELECT trace_id FROM _changed").fetchall()]
         if len(trace_ids) > self.targeted_read_limit:
             return f"({scan} WHERE {key} IN (SELECT trace_id FROM _changed))"

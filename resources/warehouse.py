@@ -162,11 +162,27 @@ MIGRATIONS: list[str] = [
     """
     UPDATE assessments SET value_type = NULL WHERE value_json IS NULL OR value_json = 'null';
     """,
+    # 7: the store's experiments (so an experiment with no traces yet is known, not 404), the trace's user and
+    # cache token counts as columns. Every fingerprint is reset so the next run copies each trace again and
+    # fills the new columns.
+    """
+    CREATE TABLE experiments (
+        experiment_id VARCHAR PRIMARY KEY,
+        name VARCHAR NOT NULL,
+        lifecycle_stage VARCHAR,                  -- active | deleted
+        creation_time_ms BIGINT,
+        last_update_time_ms BIGINT
+    );
+    ALTER TABLE traces ADD COLUMN user_id VARCHAR;
+    ALTER TABLE traces ADD COLUMN cache_read_input_tokens BIGINT;
+    ALTER TABLE traces ADD COLUMN cache_creation_input_tokens BIGINT;
+    UPDATE _trace_state SET fingerprint = 0;
+    """,
 ]
 
 CONTRACT_TABLES = ("traces", "spans", "trace_tags", "trace_metadata", "assessments")
 # What a rebuild refills from the source; every other table (eval history, insights, labeling) is carried over.
-REBUILT_TABLES = (*CONTRACT_TABLES, "_trace_state", "_schema_version")
+REBUILT_TABLES = (*CONTRACT_TABLES, "experiments", "_trace_state", "_schema_version")
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ import json
 
 import duckdb
 from mlflow import MlflowClient
+from mlflow.entities import ViewType
 
 PROMOTED = {"mlflow.trace.session", "mlflow.trace.tokenUsage", "mlflow.trace.cost"}
 
@@ -21,6 +22,8 @@ def mlflow_rows(uri: str, experiment_ids: list[str]) -> dict[str, set]:
         if not token:
             break
     rows: dict[str, set] = {k: set() for k in ("traces", "spans", "trace_tags", "trace_metadata", "assessments")}
+    rows["experiments"] = {(e.experiment_id, e.name, e.lifecycle_stage)
+                           for e in client.search_experiments(view_type=ViewType.ALL)}
     for trace in traces:
         info = trace.info
         meta = info.trace_metadata
@@ -31,6 +34,7 @@ def mlflow_rows(uri: str, experiment_ids: list[str]) -> dict[str, set]:
             info.client_request_id, info.tags.get("mlflow.traceName"), meta.get("mlflow.trace.session"),
             usage.get("input_tokens"), usage.get("output_tokens"), usage.get("total_tokens"),
             _round(cost.get("total_cost")), info.request_preview, info.response_preview,
+            meta.get("mlflow.trace.user"), usage.get("cache_read_input_tokens"), usage.get("cache_creation_input_tokens"),
         ))
         for span in trace.data.spans:
             span_usage = span.get_attribute("mlflow.chat.tokenUsage") or {}
@@ -71,13 +75,15 @@ def warehouse_rows(path: str) -> dict[str, set]:
                 row[:11] + (_round(row[11]),) + row[12:]
                 for row in q("""SELECT trace_id, experiment_id, timestamp_ms, execution_time_ms, status,
                                 client_request_id, trace_name, session_id, input_tokens, output_tokens,
-                                total_tokens, total_cost, request_preview, response_preview FROM traces""")
+                                total_tokens, total_cost, request_preview, response_preview, user_id,
+                                cache_read_input_tokens, cache_creation_input_tokens FROM traces""")
             },
             "spans": q("""SELECT trace_id, span_id, parent_span_id, name, span_type, status, start_time_ns,
                           end_time_ns, model_name, input_tokens, total_tokens FROM spans"""),
             "trace_tags": q("SELECT trace_id, key, value FROM trace_tags"),
             "trace_metadata": q("SELECT trace_id, key, value FROM trace_metadata"),
             "assessments": assessments,
+            "experiments": q("SELECT experiment_id, name, lifecycle_stage FROM experiments"),
         }
 
 
@@ -102,3 +108,27 @@ def _typed(value) -> tuple[str | None, object]:
 
 def _round(value):
     return None if value is None else round(value, 12)
+
+
+# What each warehouse migration added, undone: tests make a warehouse "as an older platform left it" with these.
+UNDO_MIGRATION = {
+    2: ["ALTER TABLE spans DROP COLUMN trace_timestamp_ms", "ALTER TABLE trace_tags DROP COLUMN experiment_id",
+        "ALTER TABLE trace_tags DROP COLUMN trace_timestamp_ms", "ALTER TABLE assessments DROP COLUMN trace_timestamp_ms"],
+    3: ["DROP TABLE eval_runs", "DROP TABLE eval_results"],
+    4: ["ALTER TABLE _extract_runs DROP COLUMN source_read_ms"],
+    5: ["ALTER TABLE _extract_runs DROP COLUMN tracking_store",
+        "CREATE INDEX traces_client_request_id ON traces (client_request_id)"],
+    6: [],  # data only
+    7: ["DROP TABLE experiments", "ALTER TABLE traces DROP COLUMN user_id",
+        "ALTER TABLE traces DROP COLUMN cache_read_input_tokens", "ALTER TABLE traces DROP COLUMN cache_creation_input_tokens"],
+}
+
+
+def downgrade(path: str, version: int) -> None:
+    """Make the warehouse at `path` a schema-`version` one, as the platform of that version left it."""
+    with duckdb.connect(path) as con:
+        for number in sorted(UNDO_MIGRATION, reverse=True):
+            if number > version:
+                for statement in UNDO_MIGRATION[number]:
+                    con.execute(statement)
+        con.execute("DELETE FROM _schema_version WHERE version > ?", [version])

@@ -122,6 +122,21 @@ def test_unknown_experiment_and_feedback_are_404(api, seeded_store: Store):
     assert (status, payload["error_code"]) == (404, "RESOURCE_NOT_FOUND") and "' OR 1=1 --" in payload["message"]
 
 
+ROUTES_ON_AN_EMPTY_EXPERIMENT = ["traffic-cost/volume", "traffic-cost/latency", "traffic-cost/errors",
+                                 "traffic-cost/tokens", "assessments/discovery", "tools/discovery", "tags/discovery",
+                                 "dimensions/discovery"]
+
+
+@pytest.mark.parametrize("route", ROUTES_ON_AN_EMPTY_EXPERIMENT)
+def test_an_experiment_with_no_traces_answers_zeros_not_404(api, route):
+    """MLflow's `Default` experiment (id 0) exists in the store but holds no trace: it used to be a 404."""
+    status, payload = post(api, route, {"experiment_ids": ["0"]})
+    assert status == 200, payload
+    assert not any(value for key, value in payload.get("summary", {}).items() if key.endswith("count"))
+    assert all(not item.get("count") and not item.get("calls") for item in payload.get("data", []))
+    assert all(not point.get("count") for point in payload.get("time_series", []))
+
+
 def test_openapi_page_is_served_without_a_cdn(api):
     with urllib.request.urlopen(f"{api}/docs", timeout=10) as response:
         page = response.read().decode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import sqlite3
@@ -23,7 +24,7 @@ from assets.traces.extract import extract_traces
 from resources.agent.traffic import seed_demo
 from resources.trace_sources import SourceError, SqlTrackingStore, source_for
 from tests.conftest import HOSTILE_TAGS, Store
-from tests.oracle import mlflow_rows, table_dump, warehouse_rows
+from tests.oracle import downgrade, mlflow_rows, table_dump, warehouse_rows
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -51,16 +52,10 @@ def assert_child_rows_carry_their_trace(warehouse_path: str) -> None:
 
 def test_migration_2_backfills_trace_time_on_an_existing_warehouse(seeded_store: Store, warehouse_path: str):
     extract_traces(SqlTrackingStore(seeded_store.uri), warehouse_path)
-    with duckdb.connect(warehouse_path) as con:  # make it a version-1 warehouse, as written before migration 2
-        for table, column in (("spans", "trace_timestamp_ms"), ("trace_tags", "experiment_id"),
-                              ("trace_tags", "trace_timestamp_ms"), ("assessments", "trace_timestamp_ms")):
-            con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
-        con.execute("DROP TABLE eval_runs; DROP TABLE eval_results")  # migration 3
-        con.execute("ALTER TABLE _extract_runs DROP COLUMN source_read_ms")  # migration 4
-        con.execute("ALTER TABLE _extract_runs DROP COLUMN tracking_store")  # migration 5
-        con.execute("DELETE FROM _schema_version WHERE version >= 2")
+    downgrade(warehouse_path, 1)  # a version-1 warehouse, as written before migration 2
     result = extract_traces(SqlTrackingStore(seeded_store.uri), warehouse_path)
-    assert result.mode == "unchanged"
+    assert result.mode == "incremental"  # migration 7 has every trace copied again, to fill its new columns
+    assert_matches_mlflow(seeded_store, warehouse_path)
     assert_child_rows_carry_their_trace(warehouse_path)
 
 
@@ -294,3 +289,22 @@ def test_concurrent_extracts_never_collide(seeded_store: Store, warehouse_path: 
     assert [p.returncode for p in procs] == [0, 0]
     assert modes == ['"full"', '"unchanged"']
     assert_matches_mlflow(seeded_store, warehouse_path)
+
+
+def test_user_cache_tokens_and_every_experiment_are_copied(store: Store, warehouse_path: str):
+    trace_id = store.trace_ids[0]
+    usage = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15, "cache_read_input_tokens": 7,
+             "cache_creation_input_tokens": 3}
+    _rewritten_info(trace_id, lambda info: info.trace_metadata.update(
+        {"mlflow.trace.user": "user-42", "mlflow.trace.tokenUsage": json.dumps(usage)}))
+    client = mlflow.MlflowClient()
+    empty = client.create_experiment("no traces yet")
+    gone = client.create_experiment("deleted one")
+    client.delete_experiment(gone)
+    extract_traces(SqlTrackingStore(store.uri), warehouse_path)
+    assert_matches_mlflow(store, warehouse_path)
+    with duckdb.connect(warehouse_path, read_only=True) as con:
+        assert con.execute("SELECT user_id, cache_read_input_tokens, cache_creation_input_tokens FROM traces "
+                           "WHERE trace_id = ?", [trace_id]).fetchone() == ("user-42", 7, 3)
+        experiments = dict(con.execute("SELECT experiment_id, lifecycle_stage FROM experiments").fetchall())
+    assert (experiments[empty], experiments[gone]) == ("active", "deleted")

@@ -33,6 +33,7 @@ from resources.user_files import UserFilesResource
 from resources.warehouse import WarehouseResource
 from tests.conftest import PROJECT_DIR
 from tests.fake_databricks import FakeReviewAppWorkspace
+from tests.oracle import downgrade
 
 
 @pytest.fixture
@@ -225,10 +226,7 @@ def test_bad_rules_name_the_problem(loop: dict, edit, reason):
 def test_a_warehouse_from_before_migration_4_waits_for_its_next_extract(loop: dict):
     thumbs(loop, loop["traces"][:1], False)
     extract(loop)
-    with duckdb.connect(loop["resources"]["warehouse"].path) as con:  # as an older platform left it
-        con.execute("ALTER TABLE _extract_runs DROP COLUMN source_read_ms")
-        con.execute("ALTER TABLE _extract_runs DROP COLUMN tracking_store")  # migration 5
-        con.execute("DELETE FROM _schema_version WHERE version >= 4")
+    downgrade(loop["resources"]["warehouse"].path, 3)  # as an older platform left it
     with dg.instance_for_test() as instance:
         skipped = tick(loop, instance, None)
         assert not skipped.run_requests and "run warehouse_refresh" in skipped.skip_message

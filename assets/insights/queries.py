@@ -27,6 +27,7 @@ TAGS = sa.table(
     "trace_tags", sa.column("trace_id"), sa.column("experiment_id"), sa.column("trace_timestamp_ms"),
     sa.column("key"), sa.column("value"),
 )
+EXPERIMENTS = sa.table("experiments", sa.column("experiment_id"), sa.column("name"), sa.column("lifecycle_stage"))
 ASSESSMENTS = sa.table(
     "assessments", sa.column("assessment_id"), sa.column("trace_id"), sa.column("experiment_id"),
     sa.column("trace_timestamp_ms"), sa.column("name"), sa.column("assessment_type"), sa.column("valid"),

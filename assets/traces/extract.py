@@ -35,6 +35,7 @@ from resources.warehouse import CONTRACT_TABLES, WarehouseDamaged, attach, check
 log = logging.getLogger(__name__)
 
 TRACE_NAME_TAG = "mlflow.traceName"
+TRACE_USER_METADATA = "mlflow.trace.user"  # also a column: traces.user_id
 # MLflow returns these metadata keys from columns since 3.17; the warehouse keeps them as typed columns
 # (traces.session_id, *_tokens, *_cost) instead of JSON strings.
 PROMOTED_METADATA_KEYS = ("mlflow.trace.session", "mlflow.trace.tokenUsage", "mlflow.trace.cost")
@@ -86,8 +87,12 @@ def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
             SELECT request_id, CAST(experiment_id AS VARCHAR), timestamp_ms, make_timestamp(timestamp_ms * 1000),
                    execution_time_ms, status, client_request_id, trace_name, session_id, input_tokens,
                    output_tokens, total_tokens, round(input_cost, 12), round(output_cost, 12),
-                   round(total_cost, 12), request_preview, response_preview
-            FROM {rel('trace_info')}""",
+                   round(total_cost, 12), request_preview, response_preview, user_value,
+                   cache_read_input_tokens, cache_creation_input_tokens
+            FROM {rel('trace_info')} LEFT JOIN (
+                SELECT request_id AS user_trace_id, any_value(value) AS user_value FROM {rel('trace_request_metadata')}
+                WHERE key = '{TRACE_USER_METADATA}' GROUP BY 1
+            ) ON user_trace_id = request_id""",
         # Each span's JSON is parsed once (TRY: broken JSON gives NULL, not an error); the reason is worked
         # out only for the rare rows that failed. CASE evaluates a branch only for the rows that reach it.
         "spans": f"""
@@ -256,7 +261,10 @@ def _copy(con: duckdb.DuckDBPyConnection, source: TraceSource, *, state: str, re
     if changed == 0 and deleted == 0 and not rebuild:
         result.mode = "unchanged"
         result.seconds = time.monotonic() - started
+        con.execute("BEGIN")
+        _copy_experiments(con, source)  # renamed or deleted experiments change no trace
         _record_run(con, result, source, source_read_ms)
+        con.execute("COMMIT")
         progress("warehouse is up to date: nothing changed in the source")
         return result
 
@@ -287,6 +295,7 @@ def _copy(con: duckdb.DuckDBPyConnection, source: TraceSource, *, state: str, re
         INSERT INTO {_WAREHOUSE}._trace_state
         SELECT trace_id, ?, fingerprint, status FROM _source_state SEMI JOIN _changed USING (trace_id)""",
         [source.label])
+    _copy_experiments(con, source)
     result.bad_span_count, result.bad_spans = _bad_spans(con)
     result.seconds = time.monotonic() - started
     _record_run(con, result, source, source_read_ms)
@@ -314,6 +323,15 @@ def _refuse_unexpected_source(con: duckdb.DuckDBPyConnection, state: str, source
             f"{store_identity(source.uri)} no longer has {deleted} of the warehouse's {existing} traces "
             f"({deleted / existing:.0%}, more than LLMOPS_MAX_DELETE_SHARE={max_delete_share:g}); nothing was "
             f"deleted. Check MLFLOW_TRACKING_URI. {way_out}")
+
+
+def _copy_experiments(con: duckdb.DuckDBPyConnection, source: TraceSource) -> None:
+    """Replace the warehouse's experiments with the source's (a few rows: cheaper than diffing them)."""
+    con.execute(f"DELETE FROM {_WAREHOUSE}.experiments")
+    con.execute(f"""
+        INSERT INTO {_WAREHOUSE}.experiments
+        SELECT CAST(experiment_id AS VARCHAR), name, lifecycle_stage, creation_time, last_update_time
+        FROM {source.relation(con, 'experiments', only_changed=False)}""")
 
 
 def _record_run(con: duckdb.DuckDBPyConnection, result: ExtractResult, source: TraceSource,
