@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 from mlflow import MlflowClient
 
-from resources.trace_sources import TraceSource, source_for
+from resources.trace_sources import TraceSource, source_for, sqlite_path
 
 
 class MlflowResource(dg.ConfigurableResource):
@@ -34,9 +34,9 @@ class MlflowResource(dg.ConfigurableResource):
     def initialize_store(self) -> None:
         """Create a new SQLite store once, under a file lock: MLflow's migrations race when two processes (two
         steps of one run) open a brand-new store at the same time ("table experiments already exists")."""
-        if not self.tracking_uri.startswith("sqlite:///"):
+        path = sqlite_path(self.tracking_uri)
+        if path is None:
             return  # a server or database store is created by whoever runs it
-        path = Path(self.tracking_uri.removeprefix("sqlite:///").split("?")[0])
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(f"{path}.init-lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
@@ -58,8 +58,8 @@ class MlflowResource(dg.ConfigurableResource):
         if found := client.get_experiment_by_name(name):
             return found.experiment_id
         location = None
-        if self.tracking_uri.startswith("sqlite:///"):
-            location = (Path(self.tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
+        if path := sqlite_path(self.tracking_uri):
+            location = (path.parent / "mlartifacts" / name).as_uri()
         return client.create_experiment(name, artifact_location=location)
 
     def make_current(self) -> None:

@@ -76,12 +76,16 @@ def uri_scheme(uri: str) -> str:
     return uri.split("://")[0].split("+")[0]
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a `sqlite:///` tracking URI (absolute), None for any other URI."""
+    return Path(os.path.abspath(uri.removeprefix("sqlite:///").split("?")[0])) if uri.startswith("sqlite:///") else None
+
+
 def store_identity(uri: str) -> str:
     """The tracking store a URI names, as a warehouse records it: absolute for SQLite files, credentials masked,
     the same whichever reader (sql or api) reads it."""
-    if uri.startswith("sqlite:///"):
-        return "sqlite:///" + os.path.abspath(uri.removeprefix("sqlite:///").split("?")[0])
-    return mask_uri(uri)
+    path = sqlite_path(uri)
+    return f"sqlite:///{path}" if path else mask_uri(uri)
 
 
 def _projection(table: str) -> str:
@@ -118,8 +122,7 @@ class SqlTrackingStore:
         self.label = f"sql:{mask_uri(uri)}"
         if uri.startswith("sqlite:///"):
             self.scanner, self.query_function = "sqlite_scanner", "sqlite_query"
-            path = uri.removeprefix("sqlite:///").split("?")[0]
-            self.target, self.attach_type = os.path.abspath(path), "sqlite"
+            self.target, self.attach_type = str(sqlite_path(uri)), "sqlite"
         elif uri_scheme(uri) in POSTGRES_SCHEMES:
             self.scanner, self.query_function = "postgres_scanner", "postgres_query"
             # libpq takes the URI without SQLAlchemy's "+driver" suffix.
