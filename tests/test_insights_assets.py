@@ -78,6 +78,7 @@ def test_root_causes_equal_pairwise_npmi_above_the_support(materialized, seeded_
         outcomes = {(r["outcome"], r["outcome_value"]) for r in rows}
         assert outcomes >= {("status", "ERROR"), ("assessment.user_thumbs", "false")}
         assert all(r["intersection_count"] >= 2 for r in rows)
+        assert rows and all(r["npmi"] > 0 and r["direction"] == "positive" for r in rows)  # causes go with it
         query = InsightsQuery(experiment_ids=[seeded_store.experiment_id])
         for row in rows:
             outcome = {"ERROR": {"value": "ERROR"}, "false": {"value": False}}.get(

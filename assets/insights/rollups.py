@@ -135,6 +135,9 @@ CREATE OR REPLACE TABLE root_causes (
 
 
 def root_cause_rows(experiment_id: str, ranked: CorrelationsResponse) -> list[dict]:
+    """The positively associated dimension values only: a value that goes with the outcome no more than chance
+    (NPMI <= 0, e.g. a span type every trace has) is no cause."""
+    causes = [found for found in ranked.data if (found.correlation.npmi_score or 0) > 0]
     return [
         {
             "experiment_id": experiment_id, "outcome": ranked.dimension.name, "outcome_value": ranked.dimension.value,
@@ -145,7 +148,7 @@ def root_cause_rows(experiment_id: str, ranked: CorrelationsResponse) -> list[di
             "npmi_smoothed": found.correlation.npmi_smoothed, "strength": found.correlation.strength,
             "direction": found.correlation.direction,
         }
-        for rank, found in enumerate(ranked.data, start=1)
+        for rank, found in enumerate(causes, start=1)
     ]
 
 
