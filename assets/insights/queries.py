@@ -15,18 +15,21 @@ from pydantic import BaseModel, Field, model_validator
 TRACES = sa.table(
     "traces", sa.column("trace_id"), sa.column("experiment_id"), sa.column("timestamp_ms"), sa.column("execution_time_ms"),
     sa.column("status"), sa.column("input_tokens"), sa.column("output_tokens"), sa.column("total_tokens"),
-    sa.column("total_cost"), sa.column("client_request_id"),
+    sa.column("total_cost"), sa.column("client_request_id"), sa.column("trace_name"), sa.column("session_id"),
+    sa.column("user_id"),
 )
 # Spans, tags and assessments carry their trace's experiment and time (`trace_timestamp_ms`), so each is
 # filtered and bucketed on its own, without a join.
 SPANS = sa.table(
     "spans", sa.column("trace_id"), sa.column("experiment_id"), sa.column("trace_timestamp_ms"), sa.column("span_id"),
-    sa.column("name"), sa.column("span_type"), sa.column("status"), sa.column("duration_ms"),
+    sa.column("name"), sa.column("span_type"), sa.column("status"), sa.column("duration_ms"), sa.column("parent_span_id"),
+    sa.column("model_name"), sa.column("exception_type"),
 )
 TAGS = sa.table(
     "trace_tags", sa.column("trace_id"), sa.column("experiment_id"), sa.column("trace_timestamp_ms"),
     sa.column("key"), sa.column("value"),
 )
+METADATA = sa.table("trace_metadata", sa.column("trace_id"), sa.column("key"), sa.column("value"))
 EXPERIMENTS = sa.table("experiments", sa.column("experiment_id"), sa.column("name"), sa.column("lifecycle_stage"))
 ASSESSMENTS = sa.table(
     "assessments", sa.column("assessment_id"), sa.column("trace_id"), sa.column("experiment_id"),
