@@ -82,6 +82,7 @@ def trace_info_rows(info: TraceInfo) -> dict[str, list[dict]]:
             "span_id": a.span_id, "rationale": a.rationale, "overrides": a.overrides,
             # MLflow's REST conversion drops `valid` for expectations, which are never overridden: valid.
             "valid": True if a.valid is None else a.valid,
+            "assessment_metadata": json.dumps(a.metadata) if a.metadata else None,
         })
     return rows
 
@@ -93,7 +94,7 @@ def span_row(trace_id: str, experiment_id: str, span: Span) -> dict:
         "parent_span_id": span.parent_id, "name": span.name, "type": span.span_type,
         "status": span.status.status_code.value, "start_time_unix_nano": span.start_time_ns,
         "end_time_unix_nano": span.end_time_ns, "content": json.dumps(span.to_dict()),
-        "total_cost": cost.get("total_cost") if isinstance(cost, dict) else None,
+        **{k: cost.get(k) if isinstance(cost, dict) else None for k in ("input_cost", "output_cost", "total_cost")},
         "model_name": span.get_attribute("mlflow.llm.model"),
         "model_provider": span.get_attribute("mlflow.llm.provider"),
     }

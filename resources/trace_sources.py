@@ -28,14 +28,15 @@ RAW_COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "spans": (
         "trace_id", "experiment_id", "span_id", "parent_span_id", "name", "type", "status",
-        "start_time_unix_nano", "end_time_unix_nano", "content", "total_cost", "model_name", "model_provider",
+        "start_time_unix_nano", "end_time_unix_nano", "content", "input_cost", "output_cost", "total_cost", "model_name",
+        "model_provider",
     ),
     "trace_tags": ("request_id", "key", "value"),
     "trace_request_metadata": ("request_id", "key", "value"),
     "assessments": (
         "assessment_id", "trace_id", "experiment_id", "name", "assessment_type", "value", "error",
         "created_timestamp", "last_updated_timestamp", "source_type", "source_id", "run_id", "span_id",
-        "rationale", "overrides", "valid",
+        "rationale", "overrides", "valid", "assessment_metadata",
     ),
     "experiments": ("experiment_id", "name", "lifecycle_stage", "creation_time", "last_update_time"),
 }

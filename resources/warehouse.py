@@ -178,6 +178,19 @@ MIGRATIONS: list[str] = [
     ALTER TABLE traces ADD COLUMN cache_creation_input_tokens BIGINT;
     UPDATE _trace_state SET fingerprint = 0;
     """,
+    # 8: what MLflow's trace metrics and search filters read: each span's input/output cost and, for a failed
+    # span, the type of the exception that failed it; each assessment's metadata (a session-scoped assessment
+    # names its session there) and MLflow's numeric reading of its value (booleans and yes/no as 1/0). Every
+    # trace is copied again once to fill them.
+    """
+    ALTER TABLE spans ADD COLUMN input_cost DOUBLE;
+    ALTER TABLE spans ADD COLUMN output_cost DOUBLE;
+    ALTER TABLE spans ADD COLUMN exception_type VARCHAR;
+    ALTER TABLE assessments ADD COLUMN metadata_json VARCHAR;
+    ALTER TABLE assessments ADD COLUMN aggregate_value DOUBLE;
+    ALTER TABLE assessments ADD COLUMN is_numeric_value BOOLEAN;
+    UPDATE _trace_state SET fingerprint = 0;
+    """,
 ]
 
 CONTRACT_TABLES = ("traces", "spans", "trace_tags", "trace_metadata", "assessments")

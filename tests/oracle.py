@@ -7,6 +7,7 @@ import json
 import duckdb
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
+from mlflow.store.tracking.utils.trace_analytics import assessment_aggregate
 
 PROMOTED = {"mlflow.trace.session", "mlflow.trace.tokenUsage", "mlflow.trace.cost"}
 
@@ -38,10 +39,12 @@ def mlflow_rows(uri: str, experiment_ids: list[str]) -> dict[str, set]:
         ))
         for span in trace.data.spans:
             span_usage = span.get_attribute("mlflow.chat.tokenUsage") or {}
+            cost = span.get_attribute("mlflow.llm.cost") or {}
             rows["spans"].add((
                 info.trace_id, span.span_id, span.parent_id, span.name, span.span_type,
                 span.status.status_code.value, span.start_time_ns, span.end_time_ns,
                 span.get_attribute("mlflow.llm.model"), span_usage.get("input_tokens"), span_usage.get("total_tokens"),
+                *(_round(cost.get(k)) for k in ("input_cost", "output_cost")), _exception_type(span),
             ))
         rows["trace_tags"] |= {(info.trace_id, k, v) for k, v in info.tags.items()}
         rows["trace_metadata"] |= {(info.trace_id, k, v) for k, v in meta.items() if k not in PROMOTED}
@@ -51,6 +54,7 @@ def mlflow_rows(uri: str, experiment_ids: list[str]) -> dict[str, set]:
                 a.assessment_id, info.trace_id, a.name, "feedback" if a.feedback is not None else "expectation",
                 json.dumps(value, sort_keys=True), _typed(value), a.source.source_type, a.source.source_id,
                 a.rationale, a.span_id, a.create_time_ms, a.last_update_time_ms, a.valid,
+                json.dumps(a.metadata) if a.metadata else None, *assessment_aggregate(value),
             ))
     return rows
 
@@ -64,12 +68,13 @@ def warehouse_rows(path: str) -> dict[str, set]:
         for row in con.execute(
             """SELECT assessment_id, trace_id, name, assessment_type, value_json, value_type, bool_value,
                       numeric_value, string_value, source_type, source_id, rationale, span_id, created_ms,
-                      last_updated_ms, valid FROM assessments"""
+                      last_updated_ms, valid, metadata_json, aggregate_value, is_numeric_value FROM assessments"""
         ).fetchall():
-            (aid, tid, name, atype, value_json, value_type, b, n, s, stype, sid, rationale, span, c, u, valid) = row
+            (aid, tid, name, atype, value_json, value_type, b, n, s, stype, sid, rationale, span, c, u, valid,
+             *aggregate) = row
             typed = {"boolean": b, "numeric": n, "string": s, "json": None, None: None}[value_type]
             assessments.add((aid, tid, name, atype, json.dumps(json.loads(value_json), sort_keys=True),
-                             (value_type, typed), stype, sid, rationale, span, c, u, valid))
+                             (value_type, typed), stype, sid, rationale, span, c, u, valid, *aggregate))
         return {
             "traces": {
                 row[:11] + (_round(row[11]),) + row[12:]
@@ -79,7 +84,8 @@ def warehouse_rows(path: str) -> dict[str, set]:
                                 cache_read_input_tokens, cache_creation_input_tokens FROM traces""")
             },
             "spans": q("""SELECT trace_id, span_id, parent_span_id, name, span_type, status, start_time_ns,
-                          end_time_ns, model_name, input_tokens, total_tokens FROM spans"""),
+                          end_time_ns, model_name, input_tokens, total_tokens, input_cost, output_cost,
+                          exception_type FROM spans"""),
             "trace_tags": q("SELECT trace_id, key, value FROM trace_tags"),
             "trace_metadata": q("SELECT trace_id, key, value FROM trace_metadata"),
             "assessments": assessments,
@@ -106,6 +112,14 @@ def _typed(value) -> tuple[str | None, object]:
     return ("json", None)
 
 
+def _exception_type(span) -> str | None:
+    """The type of the exception that failed `span` (its last `exception` event), as the warehouse keeps it."""
+    if span.status.status_code.value != "ERROR":
+        return None
+    types = [e.attributes.get("exception.type") for e in span.events if e.name == "exception"]
+    return next((t for t in reversed(types) if t is not None), None)
+
+
 def _round(value):
     return None if value is None else round(value, 12)
 
@@ -121,6 +135,8 @@ UNDO_MIGRATION = {
     6: [],  # data only
     7: ["DROP TABLE experiments", "ALTER TABLE traces DROP COLUMN user_id",
         "ALTER TABLE traces DROP COLUMN cache_read_input_tokens", "ALTER TABLE traces DROP COLUMN cache_creation_input_tokens"],
+    8: [*(f"ALTER TABLE spans DROP COLUMN {c}" for c in ("input_cost", "output_cost", "exception_type")),
+        *(f"ALTER TABLE assessments DROP COLUMN {c}" for c in ("metadata_json", "aggregate_value", "is_numeric_value"))],
 }
 
 

@@ -106,7 +106,11 @@ def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
                                  ELSE 'span content is not valid JSON' END
                         WHEN NOT starts_with(ltrim(content), '{{') THEN 'span content is not a JSON object'
                    END,
-                   joined_timestamp_ms
+                   joined_timestamp_ms, round(input_cost, 12), round(output_cost, 12),
+                   -- the exception that failed the span: MLflow records it as the span's last `exception` event
+                   CASE WHEN status = 'ERROR' THEN list_last(list_filter(
+                       TRY(json_extract_string(content, '$.events[*].attributes."exception.type"')), t -> t IS NOT NULL))
+                   END
             FROM (
                 SELECT *, TRY(json_extract_string(parsed[2], ['$.input_tokens', '$.output_tokens', '$.total_tokens'])) AS usage
                 FROM (
@@ -133,7 +137,17 @@ def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
                    CASE WHEN value_type = 'string' THEN
                         CASE WHEN json_valid(value) THEN json_extract_string(value, '$') ELSE value END END,
                    error, source_type, source_id, rationale, span_id, run_id, overrides,
-                   created_timestamp, last_updated_timestamp, CAST(valid AS BOOLEAN), joined_timestamp_ms
+                   created_timestamp, last_updated_timestamp, CAST(valid AS BOOLEAN), joined_timestamp_ms,
+                   assessment_metadata,
+                   -- MLflow's numeric reading of a value (trace_analytics.assessment_aggregate): booleans and
+                   -- yes/no answers as 1/0, finite numbers as themselves; only the numbers are "numeric"
+                   CASE WHEN value_type = 'boolean' THEN CASE WHEN CAST(value AS BOOLEAN) THEN 1.0 ELSE 0.0 END
+                        WHEN value_type = 'numeric' AND isfinite(TRY_CAST(value AS DOUBLE)) THEN CAST(value AS DOUBLE)
+                        WHEN value_type = 'string' THEN
+                             CASE lower(trim(TRY(json_extract_string(value, '$')), e' \t\n\r\x0b\x0c'))
+                                  WHEN 'yes' THEN 1.0 WHEN 'no' THEN 0.0 END
+                   END,
+                   coalesce(value_type = 'numeric' AND isfinite(TRY_CAST(value AS DOUBLE)), false)
             FROM (
                 SELECT *, CASE WHEN value IS NULL OR trim(value) = 'null' THEN NULL  -- no value: a failed judge run
                                WHEN NOT json_valid(value) THEN 'string'

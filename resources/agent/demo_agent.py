@@ -65,6 +65,7 @@ class Step:
     outputs: Any = None
     duration_ms: float = 1.0
     error: str | None = None
+    error_type: str | None = None  # the exception's type, as MLflow records it on the span's `exception` event
     attributes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -134,8 +135,10 @@ class DemoAgent:
         if rng.random() < failure_rate:
             if tool == "web.fetch":  # a timeout takes the whole timeout: errors and slow traces go together
                 error = f"TimeoutError: upstream did not answer within {TOOL_TIMEOUT_MS / 1000:g} s"
-                return Step(tool, span_type, {"question": question}, None, TOOL_TIMEOUT_MS, error=error)
-            return Step(tool, span_type, {"question": question}, None, duration * 2, error=f"{tool} failed: bad request")
+                return Step(tool, span_type, {"question": question}, None, TOOL_TIMEOUT_MS, error=error,
+                            error_type="TimeoutError")
+            return Step(tool, span_type, {"question": question}, None, duration * 2, error=f"{tool} failed: bad request",
+                        error_type="ValueError")
         return Step(tool, span_type, {"question": question}, {"result": f"{tool} ok", "rows": rng.randint(1, 50)}, duration)
 
 
@@ -162,14 +165,16 @@ def record_trace(
         )
         clock += int(step.duration_ms * 1e6)
         if step.error:
-            span.add_event(mlflow.entities.SpanEvent("exception", attributes={"exception.message": step.error}))
+            span.add_event(mlflow.entities.SpanEvent(
+                "exception", attributes={"exception.type": step.error_type, "exception.message": step.error}))
             span.set_status(SpanStatusCode.ERROR)
         span.end(outputs=step.outputs, end_time_ns=clock)
         clock += 1_000_000
     if run.failed:
         failed_step = next(s for s in run.steps if s.error)
         root.set_status(SpanStatusCode.ERROR)
-        root.add_event(mlflow.entities.SpanEvent("exception", attributes={"exception.message": failed_step.error}))
+        root.add_event(mlflow.entities.SpanEvent(
+            "exception", attributes={"exception.type": failed_step.error_type, "exception.message": failed_step.error}))
         root.end(outputs={"error": failed_step.error}, end_time_ns=clock)
     else:
         root.end(outputs={"answer": run.answer}, end_time_ns=clock)
