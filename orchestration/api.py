@@ -1,10 +1,12 @@
-"""The insights REST API (POST JSON under /api/3.0/mlflow/traces/insights/) and the feedback API
-(`POST /api/feedback`), served by `llmops serve`.
+"""The insights REST API (POST JSON under /api/3.0/mlflow/traces/insights/), MLflow's own trace-analytics routes
+(`POST /api/3.0/mlflow/traces/metrics` and `/calculate-filter-correlation`, MLflow's messages in and out, so
+MLflow's clients call them unchanged) and the feedback API (`POST /api/feedback`), served by `llmops serve`.
 
 Each request attaches the warehouse read-only for its own duration (waiting while an extract holds the write
 lock), so the server never blocks the Dagster runs that write the file. Errors use MLflow's error JSON
 (`error_code`, `message` of at most MAX_MESSAGE characters): INVALID_PARAMETER_VALUE → 400 (413 for a body over
-MAX_BODY_BYTES), UNAUTHENTICATED → 401, PERMISSION_DENIED → 403, RESOURCE_NOT_FOUND and ENDPOINT_NOT_FOUND → 404,
+MAX_BODY_BYTES), UNAUTHENTICATED → 401, PERMISSION_DENIED → 403, RESOURCE_NOT_FOUND, RESOURCE_DOES_NOT_EXIST (the
+MLflow routes) and ENDPOINT_NOT_FOUND → 404,
 TEMPORARILY_UNAVAILABLE → 503 with Retry-After.
 
 With a token configured, every route but `GET /health` (the OpenAPI page too) needs `Authorization: Bearer <token>`.
@@ -18,7 +20,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,18 +28,25 @@ import duckdb
 import sqlalchemy as sa
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from google.protobuf.json_format import ParseError
+from google.protobuf.message import Message
+from mlflow.exceptions import MlflowException
+from mlflow.protos.service_pb2 import CalculateTraceFilterCorrelation, QueryTraceMetrics
+from mlflow.utils.proto_json_utils import message_to_json, parse_dict
+from starlette.concurrency import run_in_threadpool
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from assets.insights import breakdowns, dimensions, queries
+from assets.insights import breakdowns, dimensions, queries, trace_metrics
 from assets.insights.npmi import DimensionError
-from assets.insights.queries import EXPERIMENTS, TRACES, InsightsQuery
+from assets.insights.queries import InsightsQuery, known_experiments
 from assets.labeling.feedback import FeedbackError, FeedbackLinker, FeedbackRequest, FeedbackResponse
 from resources.warehouse import attached_engine
 
 PREFIX = "/api/3.0/mlflow/traces/insights"
+MLFLOW_PREFIX = "/api/3.0/mlflow/traces"  # MLflow's own trace-analytics routes
 API_TOKEN_ENV = "LLMOPS_API_TOKEN"  # one token for every caller
 API_TOKENS_ENV = "LLMOPS_API_TOKENS"  # per-client tokens, `alice=tok1,bob=tok2`
 MAX_BODY_BYTES = 1_000_000
@@ -51,6 +60,7 @@ CLIENT_NAME = re.compile(r"[\w.@-]+")
 TOKEN = re.compile(r"[!-~]+")  # what an Authorization header carries: printable ASCII, no spaces
 SURROGATE = re.compile("[\ud800-\udfff]")  # valid in a Python str and in JSON's escapes, not in UTF-8
 STATUS = {"INVALID_PARAMETER_VALUE": 400, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "RESOURCE_NOT_FOUND": 404,
+          "RESOURCE_DOES_NOT_EXIST": 404,
           "ENDPOINT_NOT_FOUND": 404, "INTERNAL_ERROR": 500, "TEMPORARILY_UNAVAILABLE": 503}
 log = logging.getLogger(__name__)
 
@@ -86,6 +96,8 @@ def api_error(exc: Exception) -> ApiError:
         return ApiError(exc.error_code, str(exc))
     if isinstance(exc, DimensionError):
         return invalid(str(exc))
+    if isinstance(exc, MlflowException):  # the MLflow-compatible routes answer with MLflow's own codes
+        return ApiError(exc.error_code, exc.message, exc.get_http_status_code())
     if isinstance(exc, RequestValidationError):
         return invalid("; ".join(
             f"{'.'.join(str(part) for part in error['loc'] if part != 'body') or 'body'}: {error['msg']}"
@@ -99,6 +111,23 @@ def api_error(exc: Exception) -> ApiError:
         return ApiError(code, str(exc.detail), exc.status_code)
     log.exception("request failed")
     return ApiError("INTERNAL_ERROR", f"{type(exc).__name__}: see the server log")
+
+
+def mlflow_request(body: bytes, message: Message, required: tuple[str, ...]) -> Message:
+    """`body` read into MLflow's request `message` as MLflow's server does; a missing or malformed field is
+    INVALID_PARAMETER_VALUE with MLflow's wording."""
+    fields = json.loads(body or b"{}")
+    if not isinstance(fields, dict):
+        raise invalid("The request body must be a JSON object.")
+    for name in required:
+        if fields.get(name) in (None, "", []):
+            raise invalid(f"Missing value for required parameter '{name}'. See the API docs for more information "
+                          "about request parameters.")
+    try:
+        parse_dict(fields, message)  # fills `message` in place
+    except ParseError as error:
+        raise invalid(f"Invalid request: {error}") from None
+    return message
 
 
 def error_response(error: ApiError) -> JSONResponse:
@@ -212,17 +241,6 @@ class _Gate:
         return b"".join(chunks)
 
 
-def known_experiments(conn: sa.Connection, experiment_ids: list[str]) -> set[str]:
-    """Which of the ids the warehouse knows: the store's experiments (with or without traces), and, for a
-    warehouse not extracted since schema version 7 added that table, those with traces."""
-    found = sa.select(TRACES.c.experiment_id).where(TRACES.c.experiment_id.in_(experiment_ids))
-    if conn.exec_driver_sql(
-            "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = 'experiments'"
-    ).scalar():
-        found = found.union(sa.select(EXPERIMENTS.c.experiment_id).where(EXPERIMENTS.c.experiment_id.in_(experiment_ids)))
-    return set(conn.execute(found).scalars())
-
-
 def create_app(warehouse_path: str, tracking_uri: str | None = None, *, token: str | None = None,
                client_tokens: dict[str, str] | None = None) -> FastAPIOffline:
     """The app over the warehouse file; with `tracking_uri`, also the feedback API logging into that store. With
@@ -245,12 +263,17 @@ def create_app(warehouse_path: str, tracking_uri: str | None = None, *, token: s
     engine = attached_engine(warehouse_path)
 
     @contextmanager
-    def warehouse(query: InsightsQuery) -> Iterator[sa.Connection]:
-        """A connection for one request, after checking that every experiment is in the warehouse."""
+    def connection() -> Iterator[sa.Connection]:
         if not Path(warehouse_path).exists():
             raise ApiError("TEMPORARILY_UNAVAILABLE",
                            "The warehouse has not been built yet: run `llmops extract` (or the warehouse_refresh job).")
         with engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def warehouse(query: InsightsQuery) -> Iterator[sa.Connection]:
+        """A connection for one request, after checking that every experiment is in the warehouse."""
+        with connection() as conn:
             known = known_experiments(conn, query.experiment_ids)
             missing = [e for e in query.experiment_ids if e not in known]
             if missing:
@@ -261,7 +284,8 @@ def create_app(warehouse_path: str, tracking_uri: str | None = None, *, token: s
     async def _error(_request: Request, exc: Exception) -> JSONResponse:
         return error_response(api_error(exc))
 
-    for kind in (ApiError, FeedbackError, DimensionError, RequestValidationError, HTTPException, Exception):
+    for kind in (ApiError, FeedbackError, DimensionError, MlflowException, RequestValidationError, HTTPException,
+                 Exception):
         app.add_exception_handler(kind, _error)
 
     @app.get("/health", include_in_schema=False)
@@ -286,6 +310,31 @@ def create_app(warehouse_path: str, tracking_uri: str | None = None, *, token: s
                                    f"authenticated client {caller!r}: leave it out or send {caller!r}.")
                 request = request.model_copy(update={"source_id": caller})
             return linker().log(request)
+
+    def mlflow_route(path: str, message: type[Message], required: tuple[str, ...],
+                     answer: Callable[[sa.Connection, Message], Message], summary: str) -> None:
+        """A route speaking MLflow's REST protocol: its request message as JSON in, its response message out."""
+
+        async def endpoint(http: Request) -> Response:
+            request = mlflow_request(await http.body(), message(), required)
+
+            def run() -> str:
+                with connection() as conn:
+                    return message_to_json(answer(conn, request))
+
+            return Response(await run_in_threadpool(run), media_type="application/json")
+
+        app.post(path, tags=["MLflow-compatible"], summary=summary, description=(
+            f"The request and response are MLflow's `{message.__name__}` messages in MLflow's JSON; MLflow's "
+            "`RestStore` and `TracingClient` call it unchanged."))(endpoint)
+
+    mlflow_route(f"{MLFLOW_PREFIX}/metrics", QueryTraceMetrics,
+                 ("experiment_ids", "view_type", "metric_name", "aggregations"),
+                 trace_metrics.answer_query_trace_metrics, "MLflow's QueryTraceMetrics, from the warehouse")
+    mlflow_route(f"{MLFLOW_PREFIX}/calculate-filter-correlation", CalculateTraceFilterCorrelation,
+                 ("experiment_ids", "filter_string1", "filter_string2"),
+                 trace_metrics.answer_filter_correlation,
+                 "MLflow's CalculateTraceFilterCorrelation (NPMI of two search filters), from the warehouse")
 
     @app.post(f"{PREFIX}/traffic-cost/volume", tags=["traffic-cost"])
     def volume(query: InsightsQuery) -> queries.VolumeResponse:

@@ -146,7 +146,8 @@ def test_openapi_page_is_served_without_a_cdn(api):
         assert urllib.request.urlopen(f"{api}{asset}", timeout=10).status == 200
     spec = json.loads(urllib.request.urlopen(f"{api}/openapi.json", timeout=10).read())
     insights = {f"{PREFIX}/{path}" for path in [*ENDPOINTS, "dimensions/calculate-npmi", "traffic-cost/latency"]}
-    assert insights | {"/api/feedback"} == set(spec["paths"])
+    mlflow_routes = {"/api/3.0/mlflow/traces/metrics", "/api/3.0/mlflow/traces/calculate-filter-correlation"}
+    assert insights | mlflow_routes | {"/api/feedback"} == set(spec["paths"])
 
 
 def test_a_request_waits_while_an_extract_holds_the_write_lock(api, warehouse, seeded_store: Store):

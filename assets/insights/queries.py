@@ -44,6 +44,17 @@ VALID_FEEDBACK = sa.and_(ASSESSMENTS.c.assessment_type == "feedback", ASSESSMENT
                          ASSESSMENTS.c.value_type.is_not(None))
 
 
+def known_experiments(conn: sa.Connection, experiment_ids: list[str]) -> set[str]:
+    """Which of the ids the warehouse knows: the store's experiments (with or without traces), and, for a
+    warehouse not extracted since schema version 7 added that table, those with traces."""
+    found = sa.select(TRACES.c.experiment_id).where(TRACES.c.experiment_id.in_(experiment_ids))
+    if conn.exec_driver_sql(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = 'experiments'"
+    ).scalar():
+        found = found.union(sa.select(EXPERIMENTS.c.experiment_id).where(EXPERIMENTS.c.experiment_id.in_(experiment_ids)))
+    return set(conn.execute(found).scalars())
+
+
 class TimeBucket(str, Enum):
     hour = "hour"
     day = "day"

@@ -29,6 +29,7 @@ KNOWLEDGE_BASE = {
 }
 
 TOOL_TIMEOUT_MS = 5000.0
+CACHED_PROMPT_TOKENS = 40  # tokens of the system prompt a provider caches between calls
 # name -> (span type, failure probability, typical latency in ms)
 TOOLS: dict[str, tuple[str, float, float]] = {
     "web.fetch": (SpanType.TOOL, 0.25, 900.0),
@@ -116,6 +117,10 @@ class DemoAgent:
             "input_tokens": result.input_tokens,
             "output_tokens": result.output_tokens,
             "total_tokens": result.input_tokens + result.output_tokens,
+            # The system prompt opens every call: the plan call writes it to the provider's prompt cache and
+            # the answer call reads it back (as OpenAI and Anthropic report it).
+            "cache_creation_input_tokens" if name == "plan" else "cache_read_input_tokens":
+                min(result.input_tokens, CACHED_PROMPT_TOKENS),
         }
         cost = {"input_cost": result.input_tokens * 1e-6, "output_cost": result.output_tokens * 4e-6}
         cost["total_cost"] = cost["input_cost"] + cost["output_cost"]

@@ -1,0 +1,318 @@
+"""MLflow's trace metrics (`query_trace_metrics`, the store API behind MLflow's own Overview dashboard), answered
+from the warehouse with MLflow's semantics (mlflow/store/tracking/utils/sql_trace_metrics_utils.py):
+
+- the request is validated by MLflow's own functions, so a bad one fails with MLflow's error code and message;
+- traces are counted and bucketed by their start (`timestamp_ms`), assessments by their trace's start, spans by
+  their own start; span count and latency are ranged by the trace's start, span costs by the span's start
+  (inclusive end millisecond), as MLflow does;
+- span latency is in whole milliseconds (integer division); percentiles interpolate linearly;
+- rows whose metric or any requested dimension is NULL are left out, and so are overridden assessments.
+
+Differences, on purpose: an experiment the warehouse does not know is RESOURCE_DOES_NOT_EXIST (MLflow answers
+zeros), and `max_results` pages with a `page_token` (MLflow's store ignores the token and returns one page).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from mlflow.tracing.analysis import TraceFilterCorrelationResult
+from mlflow.entities.trace_metrics import AggregationType, MetricAggregation, MetricDataPoint, MetricViewType
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+from mlflow.protos.service_pb2 import CalculateTraceFilterCorrelation, QueryTraceMetrics
+from mlflow.store.entities.paged_list import PagedList
+from mlflow.store.tracking import MAX_RESULTS_QUERY_TRACE_METRICS
+from mlflow.store.tracking.utils.sql_trace_metrics_utils import TIME_BUCKET_LABEL, validate_query_trace_metrics_params
+from mlflow.store.tracking.utils.trace_analytics import (
+    TRACE_ANALYTICS_COLUMNS_BY_METADATA_KEY,
+    get_trace_analytics_metadata_filter,
+)
+from mlflow.tracing.constant import TraceMetadataKey, TraceTagKey
+from mlflow.utils.search_utils import SearchTraceMetricsUtils
+from mlflow.utils.validation import _parse_experiment_ids
+
+from assets.insights.queries import known_experiments
+from resources.warehouse import attached_engine
+
+T = sa.table(
+    "traces", sa.column("trace_id"), sa.column("experiment_id"), sa.column("timestamp_ms"),
+    sa.column("execution_time_ms"), sa.column("status"), sa.column("trace_name"), sa.column("session_id"),
+    sa.column("input_tokens"), sa.column("output_tokens"), sa.column("total_tokens"),
+    sa.column("cache_read_input_tokens"), sa.column("cache_creation_input_tokens"),
+    sa.column("input_cost"), sa.column("output_cost"), sa.column("total_cost"),
+).alias("t")
+S = sa.table(
+    "spans", sa.column("trace_id"), sa.column("span_id"), sa.column("name"), sa.column("span_type"),
+    sa.column("status"), sa.column("start_time_ns"), sa.column("end_time_ns"), sa.column("model_name"),
+    sa.column("model_provider"), sa.column("input_cost"), sa.column("output_cost"), sa.column("total_cost"),
+).alias("s")
+A = sa.table(
+    "assessments", sa.column("assessment_id"), sa.column("trace_id"), sa.column("experiment_id"),
+    sa.column("trace_timestamp_ms"), sa.column("name"), sa.column("assessment_type"), sa.column("value_json"),
+    sa.column("aggregate_value"), sa.column("valid"),
+).alias("a")
+TAGS = sa.table("trace_tags", sa.column("trace_id"), sa.column("key"), sa.column("value")).alias("tag")
+METADATA = sa.table("trace_metadata", sa.column("trace_id"), sa.column("key"), sa.column("value")).alias("meta")
+
+NS_PER_MS = 1_000_000
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True)
+class View:
+    """Where one view type's rows live: its FROM clause, its experiment column, which rows count, and the time
+    its buckets read (epoch ms)."""
+
+    source: sa.FromClause
+    experiment_id: sa.ColumnElement
+    bucket_time_ms: sa.ColumnElement
+    rows: sa.ColumnElement[bool] = sa.true()
+
+
+VIEWS = {
+    MetricViewType.TRACES: View(T, T.c.experiment_id, T.c.timestamp_ms),
+    MetricViewType.SPANS: View(S.join(T, T.c.trace_id == S.c.trace_id), T.c.experiment_id,
+                               sa.literal_column(f"s.start_time_ns // {NS_PER_MS}")),
+    # An assessment overridden by a later one (mlflow.override_feedback) is not counted twice.
+    MetricViewType.ASSESSMENTS: View(A, A.c.experiment_id, A.c.trace_timestamp_ms, A.c.valid),
+}
+
+# (view, metric) -> the column aggregated. MLflow's VIEW_TYPE_CONFIGS says which aggregations and dimensions
+# each metric allows; validation reads it.
+METRICS: dict[tuple[MetricViewType, str], sa.ColumnElement] = {
+    (MetricViewType.TRACES, "trace_count"): T.c.trace_id,
+    (MetricViewType.TRACES, "session_count"): sa.distinct(T.c.session_id),
+    (MetricViewType.TRACES, "latency"): T.c.execution_time_ms,
+    **{(MetricViewType.TRACES, name): T.c[name] for name in (
+        "input_tokens", "output_tokens", "total_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")},
+    (MetricViewType.SPANS, "span_count"): S.c.span_id,
+    (MetricViewType.SPANS, "latency"): sa.literal_column("(s.end_time_ns - s.start_time_ns) // 1000000"),
+    **{(MetricViewType.SPANS, name): S.c[name] for name in ("input_cost", "output_cost", "total_cost")},
+    (MetricViewType.ASSESSMENTS, "assessment_count"): A.c.assessment_id,
+    (MetricViewType.ASSESSMENTS, "assessment_value"): A.c.aggregate_value,
+}
+SPAN_COSTS = {"input_cost", "output_cost", "total_cost"}  # ranged by the span's own start, not its trace's
+
+DIMENSIONS: dict[tuple[MetricViewType, str], sa.ColumnElement] = {
+    (MetricViewType.TRACES, "trace_name"): T.c.trace_name,
+    (MetricViewType.TRACES, "trace_status"): T.c.status,
+    (MetricViewType.SPANS, "span_name"): S.c.name,
+    (MetricViewType.SPANS, "span_type"): S.c.span_type,
+    (MetricViewType.SPANS, "span_status"): S.c.status,
+    (MetricViewType.SPANS, "span_model_name"): S.c.model_name,
+    (MetricViewType.SPANS, "span_model_provider"): S.c.model_provider,
+    (MetricViewType.ASSESSMENTS, "assessment_name"): A.c.name,
+    (MetricViewType.ASSESSMENTS, "assessment_value"): A.c.value_json,
+}
+
+AGGREGATIONS = {
+    AggregationType.COUNT: sa.func.count,
+    AggregationType.SUM: sa.func.sum,
+    AggregationType.AVG: sa.func.avg,
+    AggregationType.MIN: sa.func.min,
+    AggregationType.MAX: sa.func.max,
+}
+
+
+def _aggregate(aggregation: MetricAggregation, column: sa.ColumnElement) -> sa.ColumnElement:
+    if aggregation.aggregation_type == AggregationType.PERCENTILE:  # linear interpolation, as MLflow's
+        return sa.func.quantile_cont(column, aggregation.percentile_value / 100)
+    return AGGREGATIONS[aggregation.aggregation_type](column)
+
+
+def _trace_filter(entity: str, key: str | None, value: str) -> sa.ColumnElement[bool]:
+    """A `trace.<entity>[.<key>] = value` filter as a predicate on the trace `t`."""
+    if entity == "status":
+        return T.c.status == value
+    if entity == "tag":
+        if key == TraceTagKey.TRACE_NAME:
+            return T.c.trace_name == value
+        return sa.exists().where(TAGS.c.trace_id == T.c.trace_id, TAGS.c.key == key, TAGS.c.value == value)
+    # metadata: the keys MLflow keeps as columns are columns here too
+    if key == TraceMetadataKey.TRACE_SESSION:
+        return T.c.session_id == value
+    if key in TRACE_ANALYTICS_COLUMNS_BY_METADATA_KEY:
+        return get_trace_analytics_metadata_filter(key, "=", value, T.c)
+    return sa.exists().where(METADATA.c.trace_id == T.c.trace_id, METADATA.c.key == key, METADATA.c.value == value)
+
+
+# `<view>.<entity>` filters on spans and assessments: the column compared.
+ROW_FILTERS = {
+    ("span", "name"): S.c.name, ("span", "status"): S.c.status, ("span", "type"): S.c.span_type,
+    ("assessment", "name"): A.c.name, ("assessment", "type"): A.c.assessment_type,
+}
+FILTER_VIEWS = {"span": MetricViewType.SPANS, "assessment": MetricViewType.ASSESSMENTS}
+
+
+def _filter(filter_string: str, view_type: MetricViewType) -> sa.ColumnElement[bool]:
+    parsed = SearchTraceMetricsUtils.parse_search_filter(filter_string)  # MLflow's parser and its errors
+    if parsed.view_type == "trace":
+        predicate = _trace_filter(parsed.entity, parsed.key, parsed.value)
+        if view_type == MetricViewType.ASSESSMENTS:
+            return sa.exists().where(T.c.trace_id == A.c.trace_id, predicate)
+        return predicate
+    if FILTER_VIEWS[parsed.view_type] != view_type:
+        raise MlflowException.invalid_parameter_value(
+            f"Filtering by {parsed.view_type} is only supported for {FILTER_VIEWS[parsed.view_type]} view type, "
+            f"got {view_type}")
+    return ROW_FILTERS[parsed.view_type, parsed.entity] == parsed.value
+
+
+def _at_least(column: sa.ColumnElement, bound: int) -> sa.ColumnElement[bool]:
+    # Bounds beyond BIGINT are constant predicates, never overflowing binds (as MLflow).
+    return sa.false() if bound > BIGINT_MAX else column >= bound if bound > BIGINT_MIN else sa.true()
+
+
+def _at_most(column: sa.ColumnElement, bound: int) -> sa.ColumnElement[bool]:
+    return sa.false() if bound < BIGINT_MIN else column <= bound if bound < BIGINT_MAX else sa.true()
+
+
+def _time_range(view_type: MetricViewType, metric_name: str, start_ms: int | None,
+                end_ms: int | None) -> list[sa.ColumnElement[bool]]:
+    """Both ends inclusive. Span costs are ranged by the span's start in ns, through the last ns of `end_ms`."""
+    if view_type == MetricViewType.SPANS and metric_name in SPAN_COSTS:
+        column = S.c.start_time_ns
+        start = None if start_ms is None else start_ms * NS_PER_MS
+        end = None if end_ms is None else (end_ms + 1) * NS_PER_MS - 1
+    else:
+        column = A.c.trace_timestamp_ms if view_type == MetricViewType.ASSESSMENTS else T.c.timestamp_ms
+        start, end = start_ms, end_ms
+    return ([] if start is None else [_at_least(column, start)]) + ([] if end is None else [_at_most(column, end)])
+
+
+def _iso_bucket(bucket_ms) -> str:
+    return datetime.fromtimestamp(float(bucket_ms) / 1000.0, tz=timezone.utc).isoformat()
+
+
+def _offset(page_token: str | None) -> int:
+    if not page_token:
+        return 0
+    try:
+        offset = json.loads(base64.urlsafe_b64decode(page_token.encode()))["offset"]
+        if isinstance(offset, int) and offset >= 0:
+            return offset
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise MlflowException.invalid_parameter_value(f"Invalid page_token '{page_token[:100]}'")
+
+
+def _token(offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
+
+
+def check_experiments(conn: sa.Connection, experiment_ids: list) -> list[str]:
+    """The ids as the warehouse keeps them (strings of MLflow's integer ids); one the warehouse does not know is
+    RESOURCE_DOES_NOT_EXIST."""
+    ids = [str(i) for i in _parse_experiment_ids(experiment_ids)]
+    known = known_experiments(conn, ids)
+    if unknown := [i for i in ids if i not in known]:
+        raise MlflowException(f"Experiment(s) {', '.join(unknown[:10])} not found in the tracking store the "
+                              "warehouse copies (as of its last extract).", RESOURCE_DOES_NOT_EXIST)
+    return ids
+
+
+def query_trace_metrics(
+    conn: sa.Connection, experiment_ids: list[str], view_type: MetricViewType, metric_name: str,
+    aggregations: list[MetricAggregation], dimensions: list[str] | None = None, filters: list[str] | None = None,
+    time_interval_seconds: int | None = None, start_time_ms: int | None = None, end_time_ms: int | None = None,
+    max_results: int = MAX_RESULTS_QUERY_TRACE_METRICS, page_token: str | None = None,
+) -> PagedList[MetricDataPoint]:
+    validate_query_trace_metrics_params(view_type, metric_name, aggregations, dimensions)
+    if time_interval_seconds and (start_time_ms is None or end_time_ms is None):
+        raise MlflowException.invalid_parameter_value(
+            "start_time_ms and end_time_ms are required if time_interval_seconds is set")
+    max_results = max_results or MAX_RESULTS_QUERY_TRACE_METRICS
+    offset = _offset(page_token)
+    view, column = VIEWS[view_type], METRICS[view_type, metric_name]
+    where = [view.experiment_id.in_(check_experiments(conn, experiment_ids)), view.rows,
+             *(_filter(f, view_type) for f in filters or []),
+             *_time_range(view_type, metric_name, start_time_ms, end_time_ms)]
+    if metric_name == "session_count":
+        where.append(T.c.session_id.is_not(None))
+    else:  # aggregates skip NULLs anyway; dropping them first keeps all-NULL groups from taking result slots
+        where.append(column.is_not(None))
+    groups = []
+    if time_interval_seconds:
+        # Aligned to the epoch. A literal, not a bind: SELECT and GROUP BY must be the same expression.
+        bucket_ms = sa.literal_column(str(int(time_interval_seconds) * 1000))
+        groups.append(sa.func.floor(view.bucket_time_ms / bucket_ms) * bucket_ms)
+    for dimension in dimensions or []:
+        groups.append(DIMENSIONS[view_type, dimension])
+        where.append(groups[-1].is_not(None))
+    labels = [TIME_BUCKET_LABEL] * bool(time_interval_seconds) + list(dimensions or [])
+    query = (sa.select(*groups, *(_aggregate(a, column) for a in aggregations)).select_from(view.source)
+             .where(*where).group_by(*groups).order_by(*groups).offset(offset).limit(max_results + 1))
+    rows = conn.execute(query).all()
+    points = []
+    for row in rows[:max_results]:
+        dims = dict(zip(labels, row[: len(groups)]))
+        if TIME_BUCKET_LABEL in dims:
+            dims[TIME_BUCKET_LABEL] = _iso_bucket(dims[TIME_BUCKET_LABEL])
+        values = {str(a): v for a, v in zip(aggregations, row[len(groups):]) if v is not None}
+        if values:  # as MLflow: a point with no value (e.g. AVG over no rows) is left out
+            points.append(MetricDataPoint(metric_name=metric_name, dimensions=dims, values=values))
+    return PagedList(points, _token(offset + max_results) if len(rows) > max_results else None)
+
+
+class WarehouseTraceStore:
+    """MLflow's trace-analytics store methods, same signatures and answers as `SqlAlchemyStore`'s, read from the
+    warehouse at `path` (opened read-only per call, so extracts can write between calls)."""
+
+    def __init__(self, path: str):
+        self.engine = attached_engine(path)
+
+    def query_trace_metrics(self, experiment_ids: list[str], view_type: MetricViewType, metric_name: str,
+                            aggregations: list[MetricAggregation], dimensions: list[str] | None = None,
+                            filters: list[str] | None = None, time_interval_seconds: int | None = None,
+                            start_time_ms: int | None = None, end_time_ms: int | None = None,
+                            max_results: int = MAX_RESULTS_QUERY_TRACE_METRICS,
+                            page_token: str | None = None) -> PagedList[MetricDataPoint]:
+        with self.engine.connect() as conn:
+            return query_trace_metrics(conn, experiment_ids, view_type, metric_name, aggregations, dimensions,
+                                       filters, time_interval_seconds, start_time_ms, end_time_ms, max_results,
+                                       page_token)
+
+    def calculate_trace_filter_correlation(self, experiment_ids: list[str], filter_string1: str,
+                                           filter_string2: str,
+                                           base_filter: str | None = None) -> TraceFilterCorrelationResult:
+        from assets.insights.trace_filters import calculate_trace_filter_correlation
+
+        with self.engine.connect() as conn:
+            check_experiments(conn, experiment_ids)
+            return calculate_trace_filter_correlation(conn, experiment_ids, filter_string1, filter_string2,
+                                                      base_filter)
+
+
+def answer_query_trace_metrics(conn: sa.Connection, request: QueryTraceMetrics) -> QueryTraceMetrics.Response:
+    """MLflow's REST form (`POST /api/3.0/mlflow/traces/metrics`), read as MLflow's server reads it."""
+    optional = {name: getattr(request, name) if request.HasField(name) else None
+                for name in ("time_interval_seconds", "start_time_ms", "end_time_ms")}
+    points = query_trace_metrics(
+        conn, list(request.experiment_ids), MetricViewType.from_proto(request.view_type), request.metric_name,
+        [MetricAggregation.from_proto(a) for a in request.aggregations], list(request.dimensions) or None,
+        list(request.filters) or None, **optional,
+        max_results=request.max_results if request.HasField("max_results") else MAX_RESULTS_QUERY_TRACE_METRICS,
+        page_token=request.page_token or None,
+    )
+    response = QueryTraceMetrics.Response()
+    response.data_points.extend(point.to_proto() for point in points)
+    if points.token:
+        response.next_page_token = points.token
+    return response
+
+
+def answer_filter_correlation(conn: sa.Connection,
+                              request: CalculateTraceFilterCorrelation) -> CalculateTraceFilterCorrelation.Response:
+    """MLflow's REST form (`POST /api/3.0/mlflow/traces/calculate-filter-correlation`)."""
+    from assets.insights.trace_filters import calculate_trace_filter_correlation
+
+    check_experiments(conn, list(request.experiment_ids))
+    return calculate_trace_filter_correlation(
+        conn, list(request.experiment_ids), request.filter_string1, request.filter_string2,
+        request.base_filter if request.HasField("base_filter") else None,
+    ).to_proto()
