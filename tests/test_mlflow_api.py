@@ -1,6 +1,7 @@
 """MLflow's own client against `llmops serve`: MLflow's `RestStore.query_trace_metrics` over real HTTP answers what
 MLflow's `SqlAlchemyStore.query_trace_metrics` answers on the same store, for every view type, metric,
-aggregation and dimension MLflow allows, with filters and time buckets; bad requests raise MLflow's errors."""
+aggregation and dimension MLflow allows, with filters and time buckets, and so does
+`calculate_trace_filter_correlation`; bad requests raise MLflow's errors."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.rest_store import RestStore
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.store.tracking.utils.sql_trace_metrics_utils import VIEW_TYPE_CONFIGS
+from mlflow.tracing.analysis import TraceFilterCorrelationResult
 from mlflow.utils.rest_utils import MlflowHostCreds
 
 from assets.insights.trace_metrics import WarehouseTraceStore
@@ -156,3 +158,35 @@ def test_an_unknown_experiment_is_resource_does_not_exist(rest_store):
         rest_store.query_trace_metrics(["987654"], MetricViewType.TRACES, "trace_count",
                                        [MetricAggregation(AggregationType.COUNT)])
     assert raised.value.error_code == "RESOURCE_DOES_NOT_EXIST" and "987654" in raised.value.message
+
+
+CORRELATIONS = [
+    pytest.param(("span.name = 'web.fetch'", "attributes.status = 'ERROR'", None), id="tool-vs-error"),
+    pytest.param(("feedback.user_thumbs = 'false'", "tags.persona = 'sme'", None), id="thumbs-vs-tag"),
+    pytest.param(("span.status = 'ERROR'", "feedback.relevance < 0.5", "attributes.timestamp_ms > 0"),
+                 id="with-base-filter"),
+    pytest.param(("tags.persona = 'nobody'", "attributes.status = 'ERROR'", None), id="filter-matching-nothing"),
+]
+
+
+@pytest.mark.parametrize("filters", CORRELATIONS)
+def test_mlflow_rest_client_gets_mlflow_store_correlations(filters, rest_store, mlflow_store: SqlAlchemyStore,
+                                                          seeded_store: Store):
+    answer = mlflow_store.calculate_trace_filter_correlation([seeded_store.experiment_id], *filters)
+    # What MLflow's own server sends for it: its protocol leaves a NaN out (npmi reads back as NaN, the
+    # smoothed value as None)
+    expected = TraceFilterCorrelationResult.from_proto(answer.to_proto())
+    ours = rest_store.calculate_trace_filter_correlation([seeded_store.experiment_id], *filters)
+    counts = ("filter1_count", "filter2_count", "joint_count", "total_count")
+    assert [getattr(ours, c) for c in counts] == [getattr(expected, c) for c in counts]
+    for value in ("npmi", "npmi_smoothed"):
+        mine, theirs = getattr(ours, value), getattr(expected, value)
+        assert (mine is None and theirs is None) or (math.isnan(mine) and math.isnan(theirs)) or math.isclose(
+            mine, theirs, rel_tol=1e-12), (value, mine, theirs)
+
+
+def test_a_filter_the_warehouse_cannot_answer_is_invalid_parameter_value(rest_store, seeded_store: Store):
+    with pytest.raises(MlflowException) as raised:
+        rest_store.calculate_trace_filter_correlation([seeded_store.experiment_id], "span.attributes.x = 'y'",
+                                                      "attributes.status = 'ERROR'")
+    assert raised.value.error_code == "INVALID_PARAMETER_VALUE" and "span.attributes" in raised.value.message

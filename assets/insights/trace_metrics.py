@@ -37,6 +37,7 @@ from mlflow.utils.search_utils import SearchTraceMetricsUtils
 from mlflow.utils.validation import _parse_experiment_ids
 
 from assets.insights.queries import known_experiments
+from assets.insights.trace_filters import calculate_trace_filter_correlation
 from resources.warehouse import attached_engine
 
 T = sa.table(
@@ -280,8 +281,6 @@ class WarehouseTraceStore:
     def calculate_trace_filter_correlation(self, experiment_ids: list[str], filter_string1: str,
                                            filter_string2: str,
                                            base_filter: str | None = None) -> TraceFilterCorrelationResult:
-        from assets.insights.trace_filters import calculate_trace_filter_correlation
-
         with self.engine.connect() as conn:
             check_experiments(conn, experiment_ids)
             return calculate_trace_filter_correlation(conn, experiment_ids, filter_string1, filter_string2,
@@ -309,8 +308,6 @@ def answer_query_trace_metrics(conn: sa.Connection, request: QueryTraceMetrics) 
 def answer_filter_correlation(conn: sa.Connection,
                               request: CalculateTraceFilterCorrelation) -> CalculateTraceFilterCorrelation.Response:
     """MLflow's REST form (`POST /api/3.0/mlflow/traces/calculate-filter-correlation`)."""
-    from assets.insights.trace_filters import calculate_trace_filter_correlation
-
     check_experiments(conn, list(request.experiment_ids))
     return calculate_trace_filter_correlation(
         conn, list(request.experiment_ids), request.filter_string1, request.filter_string2,
