@@ -4,9 +4,15 @@
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
+import mlflow
 import pytest
+import sqlalchemy as sa
+from mlflow.entities import AssessmentSource, AssessmentSourceType
 from mlflow.entities.trace_metrics import AggregationType, MetricAggregation, MetricViewType
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 from assets.insights.dimensions import (
     CorrelationsRequest,
@@ -16,8 +22,11 @@ from assets.insights.dimensions import (
     correlations,
     dimensions_discovery,
 )
-from assets.insights.npmi import Dimension, DimensionError, calculate_npmi, mlflow_filter_string
-from assets.insights.queries import InsightsQuery
+from assets.insights.npmi import Dimension, DimensionError, calculate_npmi
+from assets.insights.queries import TRACES, InsightsQuery
+from assets.insights.registry import KINDS, DimensionInfo, kind_of, mlflow_filter_string, population, trace_ids
+from assets.traces.extract import extract_traces
+from resources.trace_sources import SqlTrackingStore
 from tests.conftest import HOSTILE_TAGS, Store
 
 
@@ -40,6 +49,25 @@ def test_discovery_comes_from_the_data(warehouse, mlflow_store, seeded_store: St
     assert found["assessment.user_thumbs"].parameters[0].type == "boolean"
     assert found["assessment.tone"].parameters[0].enum_values == ["curt", "friendly", "neutral"]
     assert not any(name.startswith("tags.mlflow.") for name in found)
+
+    def mlflow_values(view, metric: str, dimension: str) -> set[str]:
+        points = mlflow_store.query_trace_metrics([seeded_store.experiment_id], view, metric,
+                                                  [MetricAggregation(AggregationType.COUNT)], dimensions=[dimension])
+        return {p.dimensions[dimension] for p in points} - {None}
+
+    trace_names = mlflow_values(MetricViewType.TRACES, "trace_count", "trace_name")
+    assert set(found["trace_name"].parameters[0].enum_values) == trace_names
+    assert set(found["model"].parameters[0].enum_values) == mlflow_values(MetricViewType.SPANS, "span_count",
+                                                                           "span_model_name") != set()
+    # span names that are neither a tool's nor a trace's (those have their own kinds)
+    assert set(found["span.name"].parameters[0].enum_values) == (
+        mlflow_values(MetricViewType.SPANS, "span_count", "span_name") - tools - trace_names) != set()
+    assert found["error.type"].parameters[0].enum_values == ["TimeoutError", "ValueError"]  # the demo's failures
+    assert "assessment.user_thumbs" in found["session"].parameters[0].enum_values
+    assert "metadata.mlflow.source.name" in found and not any(
+        name.startswith(("metadata.mlflow.trace", "metadata.mlflow.sourceRun")) for name in found)
+    assert "user" not in found  # the demo's traces name no user
+    assert found["session"].mlflow_limits and found["tools.web.fetch"].mlflow_limits and not found["model"].mlflow_limits
 
 
 # (dimension as the REST API sends it: string parameters like the seed's, MLflow filter for the same traces)
@@ -125,7 +153,9 @@ def test_correlations_rank_every_dimension_with_mlflows_counts(
             assert (theirs.filter2_count, theirs.joint_count) == (candidate.count, candidate.intersection_count)
             assert math.isclose(theirs.npmi, candidate.correlation.npmi_score, abs_tol=1e-12)
             compared.add(candidate.dimension.name.split(".")[0])
-    assert compared >= {"tools", "tags", "span", "latency", "assessment"}  # each family MLflow can express
+    # each family MLflow can express
+    assert compared >= {"tools", "tags", "span", "latency", "assessment", "trace_name", "model", "error", "metadata"}
+    assert "session" in families  # in a session with another outcome (no MLflow filter)
 
 
 def test_correlations_honour_limit_and_support(warehouse, seeded_store: Store):
@@ -151,11 +181,150 @@ def test_bad_target_names_the_problem(warehouse, seeded_store: Store):
 @pytest.mark.parametrize("dimension, expected", [
     (Dimension(name="tags.note", parameters={"value": HOSTILE_TAGS["note"]}), None),  # both quote kinds
     (Dimension(name="tags.sql", parameters={"value": "' OR 1=1 --"}), "tags.`sql` = \"' OR 1=1 --\""),
-    (Dimension(name="tools.web.fetch", parameters={"value": "error"}), None),
-    (Dimension(name="tools.web.fetch", parameters={}), "span.name = 'web.fetch'"),
+    (Dimension(name="tools.web.fetch", parameters={"value": "success"}), None),
+    (Dimension(name="tools.web.fetch", parameters={"value": "error"}),
+     "span.type = 'TOOL' AND span.name = 'web.fetch' AND span.status = 'ERROR'"),
+    (Dimension(name="tools.web.fetch", parameters={}), "span.type = 'TOOL' AND span.name = 'web.fetch'"),
+    (Dimension(name="user", parameters={"value": "o'neil"}), "metadata.`mlflow.trace.user` = \"o'neil\""),
+    (Dimension(name="metadata.app.version", parameters={"value": 2}), "metadata.`app.version` = '2'"),
+    (Dimension(name="model", parameters={"value": "gpt-4o.mini"}),
+     "span.attributes.`mlflow.llm.model` RLIKE '^gpt\\-4o\\.mini$'"),
+    (Dimension(name="error.type", parameters={"value": "Quota_Exceeded"}), None),  # LIKE's _ matches any character
+    (Dimension(name="session", parameters={"outcome": "status", "value": "ERROR"}), None),
     (Dimension(name="assessment.relevance", parameters={"threshold": "0.5", "operator": "<="}),
      "feedback.`relevance` <= 0.5"),
     (Dimension(name="assessment.user_thumbs", parameters={"value": False}), "feedback.`user_thumbs` = 'false'"),
 ])
 def test_mlflow_filter_strings(dimension, expected):
     assert mlflow_filter_string(dimension) == expected
+
+
+@pytest.mark.parametrize("dimension, message", [
+    (Dimension(name="session", parameters={"value": False}), "needs parameter 'outcome'"),
+    (Dimension(name="session", parameters={"outcome": "session"}), "needs parameter 'outcome'"),
+    (Dimension(name="session", parameters={"outcome": "mood", "value": "x"}), "unknown dimension 'mood'"),
+    (Dimension(name="span.colour", parameters={"value": "x"}), "unknown dimension 'span.colour'"),
+    (Dimension(name="metadata.", parameters={"value": "x"}), "unknown dimension 'metadata.'"),
+    (Dimension(name="user"), "dimension 'user' needs parameter 'value'"),
+])
+def test_bad_dimensions_of_the_new_kinds_name_the_problem(dimension, message):
+    with pytest.raises(DimensionError, match=message):
+        trace_ids(dimension)
+
+
+class QuotaExceeded_(Exception):  # noqa: N801 - an exception type whose name MLflow's LIKE cannot match exactly
+    pass
+
+
+@pytest.fixture(scope="module")
+def varied(empty_store_file: Path, tmp_path_factory) -> tuple[Store, sa.Engine, SqlAlchemyStore]:
+    """Traces with what the demo lacks: three users (one with a quote), sessions and traces without one, user
+    metadata, two models (with regex characters), two trace names, a tool failing with three exception types, tags,
+    thumbs. Returns the store, its warehouse and MLflow's own store over it."""
+    folder = tmp_path_factory.mktemp("varied")
+    path = Path(shutil.copyfile(empty_store_file, folder / "mlflow.db"))
+    uri = f"sqlite:///{path}"
+    mlflow.set_tracking_uri(uri)
+    experiment_id = mlflow.create_experiment("varied", artifact_location=(folder / "art").as_uri())
+    mlflow.set_experiment(experiment_id=experiment_id)
+    failures = {1: ValueError, 4: ValueError, 7: KeyError, 9: QuotaExceeded_}
+    trace_ids_ = []
+    for i in range(12):
+        metadata = {"mlflow.trace.user": ["ann", "bob", "o'neil"][i % 3], "app.version": "v1" if i < 6 else "v2"}
+        if i < 10:
+            metadata["mlflow.trace.session"] = f"s{i % 4}"
+        try:
+            with mlflow.start_span("chat" if i % 3 else "export", span_type="AGENT") as root:
+                trace_ids_.append(root.trace_id)
+                mlflow.update_current_trace(metadata=metadata, tags={"channel": "web" if i < 8 else "slack"})
+                with mlflow.start_span("llm", span_type="CHAT_MODEL") as llm:
+                    llm.set_attribute("mlflow.llm.model", "claude-3.5" if i % 2 else "gpt-4o+mini")
+                if i % 2 == 0:
+                    with mlflow.start_span("rerank", span_type="RERANKER"):
+                        pass
+                try:
+                    with mlflow.start_span("kb.lookup", span_type="TOOL"):
+                        if i in failures:
+                            raise failures[i]("the lookup failed")
+                except ValueError:
+                    pass  # the tool failed, the trace answered anyway
+        except (KeyError, QuotaExceeded_):
+            pass  # the trace failed
+    human = AssessmentSource(AssessmentSourceType.HUMAN, "user-1")
+    for i, thumbs in {0: True, 1: False, 2: True, 3: True, 4: False, 7: False}.items():
+        mlflow.log_feedback(trace_id=trace_ids_[i], name="user_thumbs", value=thumbs, source=human)
+    warehouse_path = str(folder / "warehouse.duckdb")
+    extract_traces(SqlTrackingStore(uri), warehouse_path)
+    engine = sa.create_engine(f"duckdb:///{warehouse_path}", connect_args={"read_only": True})
+    yield Store(uri, experiment_id, trace_ids_, path), engine, SqlAlchemyStore(uri, str(folder / "artifacts"))
+    engine.dispose()
+
+
+def _selected(conn: sa.Connection, query: InsightsQuery, dimension: Dimension) -> set[str]:
+    return set(conn.execute(sa.select(TRACES.c.trace_id).where(*population(query),
+                                                               TRACES.c.trace_id.in_(trace_ids(dimension)))).scalars())
+
+
+def _searched(mlflow_store: SqlAlchemyStore, experiment_id: str, filter_string: str) -> set[str]:
+    traces, _ = mlflow_store.search_traces([experiment_id], filter_string=filter_string, max_results=1000)
+    return {trace.trace_id for trace in traces}
+
+
+def _examples(info: DimensionInfo) -> list[Dimension]:
+    """A dimension per discovered value (each tool state, a threshold for numbers)."""
+    first = info.parameters[0]
+    if first.name == "outcome":
+        return []  # session: another dimension inside, tested on its own
+    if first.name == "threshold":
+        return [Dimension(name=info.name, parameters={"threshold": 0, "operator": ">="})]
+    values = first.enum_values or []
+    return [Dimension(name=info.name, parameters={"value": value == "true" if first.type == "boolean" else value})
+            for value in values]
+
+
+def test_every_discovered_value_selects_the_traces_mlflows_search_selects(varied):
+    """The registry's selector and its MLflow filter agree trace by trace, kind by kind, on MLflow's own search."""
+    store, engine, mlflow_store = varied
+    query = InsightsQuery(experiment_ids=[store.experiment_id])
+    compared, unexpressed = set(), set()
+    with engine.connect() as conn:
+        found = dimensions_discovery(conn, query).data
+        for info in found:
+            for dimension in _examples(info):
+                ours = _selected(conn, query, dimension)
+                assert ours, dimension
+                mlflow_filter = mlflow_filter_string(dimension)
+                if mlflow_filter is None:
+                    assert info.mlflow_limits, dimension  # the registry says what MLflow cannot express
+                    unexpressed.add((dimension.name, str(dimension.parameters.get("value"))))
+                    continue
+                assert ours == _searched(mlflow_store, store.experiment_id, mlflow_filter), (dimension, mlflow_filter)
+                compared.add(kind_of(dimension.name)[0].name)
+    assert compared == set(KINDS) - {"session"}, compared  # every kind but session, on this store
+    assert unexpressed == {("tools.kb.lookup", "success"), ("error.type", "QuotaExceeded_")}
+    names = {info.name for info in found}
+    assert {"user", "trace_name", "model", "error.type", "span.name", "metadata.app.version", "session"} <= names
+    errors = next(info for info in found if info.name == "error.type").parameters[0].enum_values
+    assert errors == ["KeyError", "QuotaExceeded_", "ValueError"]
+
+
+def test_sessions_with_a_thumbs_down_are_every_trace_of_those_sessions(varied):
+    store, engine, mlflow_store = varied
+    query = InsightsQuery(experiment_ids=[store.experiment_id])
+    with engine.connect() as conn:
+        ours = _selected(conn, query, Dimension(name="session", parameters={"outcome": "assessment.user_thumbs",
+                                                                            "value": False}))
+        errors = _selected(conn, query, Dimension(name="session", parameters={"outcome": "status", "value": "ERROR"}))
+        ranked = correlations(conn, CorrelationsRequest(experiment_ids=[store.experiment_id], limit=None,
+                                                        dimension=Dimension(name="status", parameters={"value": "OK"})))
+    # MLflow in two steps: the sessions of the thumbs-down traces, then every trace of those sessions
+    down, _ = mlflow_store.search_traces([store.experiment_id], filter_string="feedback.user_thumbs = 'false'")
+    sessions = {trace.trace_metadata.get("mlflow.trace.session") for trace in down} - {None}
+    theirs = set().union(*(_searched(mlflow_store, store.experiment_id, f"metadata.`mlflow.trace.session` = '{s}'")
+                           for s in sessions))
+    assert ours == theirs and len(ours) == 8 > len(down) == 3
+    # traces 7 and 9 failed: sessions s3 (3, 7) and s1 (1, 5, 9)
+    assert errors == {store.trace_ids[i] for i in (1, 3, 5, 7, 9)}
+    sessions_ranked = {c.value: c for c in ranked.data if c.dimension.name == "session"}
+    assert "status is ERROR" not in sessions_ranked  # the target's own dimension, by way of its sessions
+    assert sessions_ranked["user_thumbs is false"].count == 8

@@ -1,126 +1,35 @@
 """Dimensions discovered from the data, NPMI between two of them, and the dimensions that go with one.
 
-`dimensions_discovery` lists what can be correlated (tools, tags and assessments come from the population's
-own data); `calculate_dimensions_npmi` answers the seed's calculate-npmi request; `correlations` ranks every
-candidate dimension value by NPMI against one target dimension ("what goes with thumbs-down?") in one
+What a dimension is, selects and means is the registry's (`assets/insights/registry.py`). `dimensions_discovery`
+lists what can be correlated; `calculate_dimensions_npmi` answers the seed's calculate-npmi request; `correlations`
+ranks every candidate dimension value by NPMI against one target dimension ("what goes with thumbs-down?") in one
 pass over the warehouse, with the same counts `calculate_npmi` gives for each pair.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Literal
 
 import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
-from assets.insights.breakdowns import (
-    TEXT_VALUE,
-    TOOL_SPAN,
-    USER_TAG,
-    assessments_discovery,
-    tags_discovery,
-    tools_discovery,
-)
-from assets.insights.npmi import (
-    OPERATORS,
-    Counts,
-    Dimension,
-    calculate_npmi,
-    npmi,
-    threshold,
-    trace_ids,
-)
-from assets.insights.queries import (
-    ASSESSMENTS,
-    SPANS,
-    TAGS,
-    TRACES,
-    VALID_FEEDBACK,
-    InsightsQuery,
-    population_filter,
-)
+from assets.insights import registry
+from assets.insights.npmi import Counts, Dimension, calculate_npmi, npmi
+from assets.insights.outcomes import OutcomeRules, outcomes
+from assets.insights.queries import TRACES, InsightsQuery
+from assets.insights.registry import DimensionInfo, population
 
-ENUM_LIMIT = 50  # tags with at most this many values list them as enum_values
-TOOL_STATES = ["used", "error", "success"]
 Strength = Literal["Strong", "Moderate", "Weak"]
-
-
-class DimensionParameter(BaseModel):
-    name: str
-    type: Literal["string", "number", "enum", "boolean"]
-    required: bool = True
-    description: str | None = None
-    enum_values: list[str] | None = None
-
-
-class DimensionInfo(BaseModel):
-    name: str
-    display_name: str
-    description: str
-    parameters: list[DimensionParameter]
 
 
 class DimensionsDiscoveryResponse(BaseModel):
     data: list[DimensionInfo]
 
 
-def _threshold_parameters(what: str) -> list[DimensionParameter]:
-    return [
-        DimensionParameter(name="threshold", type="number", description=what),
-        DimensionParameter(name="operator", type="enum", required=False, enum_values=list(OPERATORS),
-                           description="Comparison with the threshold; default '>'."),
-    ]
-
-
-def _value_parameter(values: list[str] | None, description: str) -> list[DimensionParameter]:
-    kind = "enum" if values is not None else "string"
-    return [DimensionParameter(name="value", type=kind, enum_values=values, description=description)]
-
-
-def _distinct(conn: sa.Connection, column: sa.ColumnElement, table: sa.TableClause, query: InsightsQuery,
-              *where: sa.ColumnElement[bool]) -> list[str]:
-    select = sa.select(column).distinct().where(*population_filter(query, table), *where, column.is_not(None))
-    return sorted(conn.execute(select).scalars())
-
-
 def dimensions_discovery(conn: sa.Connection, query: InsightsQuery) -> DimensionsDiscoveryResponse:
-    data = [
-        DimensionInfo(name="status", display_name="Trace status", description="Traces with this status.",
-                      parameters=_value_parameter(_distinct(conn, TRACES.c.status, TRACES, query), "Trace status")),
-        DimensionInfo(name="span.type", display_name="Span type", description="Traces with a span of this type.",
-                      parameters=_value_parameter(_distinct(conn, SPANS.c.span_type, SPANS, query), "Span type")),
-        DimensionInfo(name="latency", display_name="Latency", description="Traces whose latency (ms) compares so.",
-                      parameters=_threshold_parameters("Latency in milliseconds")),
-    ]
-    for tool in tools_discovery(conn, query).data:
-        data.append(DimensionInfo(
-            name=f"tools.{tool.name}", display_name=f"Tool {tool.name}",
-            description=f"Traces that called tool {tool.name!r} (used), had a call fail (error) or none fail (success).",
-            parameters=_value_parameter(TOOL_STATES, "used, error or success"),
-        ))
-    for tag in tags_discovery(conn, query).data:
-        values = (
-            _distinct(conn, TAGS.c.value, TAGS, query, TAGS.c.key == tag.key) if tag.distinct_values <= ENUM_LIMIT else None
-        )
-        data.append(DimensionInfo(
-            name=f"tags.{tag.key}", display_name=f"Tag {tag.key}", description=f"Traces whose tag {tag.key!r} has this value.",
-            parameters=_value_parameter(values, "Tag value"),
-        ))
-    for info in assessments_discovery(conn, query).data:
-        name = f"assessment.{info.name}"
-        description = f"Traces with {info.assessment_type} feedback {info.name!r}"
-        if info.assessment_type == "numeric":
-            parameters = _threshold_parameters("Feedback value")
-        elif info.assessment_type == "boolean":
-            parameters = [DimensionParameter(name="value", type="boolean", enum_values=["true", "false"])]
-        else:
-            values = _distinct(conn, TEXT_VALUE, ASSESSMENTS, query, VALID_FEEDBACK, ASSESSMENTS.c.name == info.name)
-            parameters = _value_parameter(values if len(values) <= ENUM_LIMIT else None, "Feedback value")
-        data.append(DimensionInfo(name=name, display_name=f"Feedback {info.name}", description=description + ".",
-                                  parameters=parameters))
-    return DimensionsDiscoveryResponse(data=data)
+    """Every dimension the population's data has; `session` offers the population's bad outcomes."""
+    return DimensionsDiscoveryResponse(data=registry.discover(conn, query, outcomes(conn, query, OutcomeRules())))
 
 
 # --- NPMI between two dimensions ------------------------------------------------------------------------------------
@@ -166,19 +75,12 @@ class NpmiResponse(BaseModel):
     correlation: Correlation
 
 
-def describe(dimension: Dimension) -> str:
-    if "threshold" in dimension.parameters:
-        return f"{dimension.parameters.get('operator', '>')} {threshold(dimension):g}"
-    value = dimension.parameters.get("value", "used" if dimension.name.startswith("tools.") else "")
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
 def calculate_dimensions_npmi(conn: sa.Connection, request: NpmiRequest) -> NpmiResponse:
     result = calculate_npmi(conn, request, request.dimension1, request.dimension2)
     return NpmiResponse(
-        dimension1=DimensionCount(name=request.dimension1.name, value=describe(request.dimension1),
+        dimension1=DimensionCount(name=request.dimension1.name, value=registry.words(request.dimension1),
                                   count=result.dimension1_count),
-        dimension2=DimensionCount(name=request.dimension2.name, value=describe(request.dimension2),
+        dimension2=DimensionCount(name=request.dimension2.name, value=registry.words(request.dimension2),
                                   count=result.dimension2_count),
         intersection=IntersectionCount(count=result.joint_count), total_count=result.total_count,
         correlation=correlation(result.npmi, result.npmi_smoothed),
@@ -197,6 +99,9 @@ class CorrelationsRequest(InsightsQuery):
 class CorrelatedDimension(BaseModel):
     dimension: Dimension
     value: str
+    description: str = Field(description="The dimension in plain words, e.g. 'tool web.fetch failed'.")
+    mlflow_filter: str | None = Field(description="MLflow's search_traces filter for the same traces (open them in "
+                                      "MLflow); null where MLflow's syntax cannot say it.")
     count: int = Field(description="Traces with this dimension value.")
     intersection_count: int = Field(description="Traces with both it and the target.")
     correlation: Correlation
@@ -208,105 +113,51 @@ class CorrelationsResponse(BaseModel):
     data: list[CorrelatedDimension]
 
 
-LATENCY_QUANTILE = 0.9  # latency candidates: slower than the population's p90
-NUMERIC_QUANTILE = 0.25  # numeric feedback candidates: below the population's p25
-
-
-def _candidates(
-    conn: sa.Connection, query: InsightsQuery
-) -> tuple[sa.CompoundSelect, Callable[[str, str], Dimension]]:
-    """Every candidate dimension value as rows (trace_id, name, value), and how each maps to a Dimension.
-
-    Each row is one trace having one dimension value (deduplicated), over the population.
-    """
-    def rows(name: sa.ColumnElement, value: sa.ColumnElement, table: sa.TableClause, *where) -> sa.Select:
-        return (
-            sa.select(table.c.trace_id.label("trace_id"), name.label("name"), value.label("value"))
-            .where(*population_filter(query, table), *where).distinct()
-        )
-
-    tool = sa.literal("tools.") + SPANS.c.name
-    failed_calls = sa.func.count().filter(SPANS.c.status == "ERROR")
-    parts = [
-        rows(sa.literal("status"), TRACES.c.status, TRACES),
-        rows(sa.literal("span.type"), SPANS.c.span_type, SPANS, SPANS.c.span_type.is_not(None)),
-        rows(tool, sa.literal("used"), SPANS, TOOL_SPAN),
-        rows(tool, sa.literal("error"), SPANS, TOOL_SPAN, SPANS.c.status == "ERROR"),
-        sa.select(SPANS.c.trace_id, tool, sa.literal("success")).where(*population_filter(query, SPANS), TOOL_SPAN)
-        .group_by(SPANS.c.trace_id, SPANS.c.name).having(failed_calls == 0),
-        rows(sa.literal("tags.") + TAGS.c.key, TAGS.c.value, TAGS, USER_TAG, TAGS.c.value.is_not(None)),
-    ]
-    kinds = {info.name: info.assessment_type for info in assessments_discovery(conn, query).data}
-    categorical = [name for name, kind in kinds.items() if kind != "numeric"]
-    if categorical:
-        text = sa.case((ASSESSMENTS.c.value_type == "boolean", sa.cast(ASSESSMENTS.c.bool_value, sa.String)), else_=TEXT_VALUE)
-        parts.append(rows(sa.literal("assessment.") + ASSESSMENTS.c.name, text, ASSESSMENTS, VALID_FEEDBACK,
-                          ASSESSMENTS.c.name.in_(categorical), ASSESSMENTS.c.value_type.in_(["boolean", "string"])))
-    thresholds: dict[str, tuple[str, float]] = {}
-    slow = conn.execute(
-        sa.select(sa.func.percentile_cont(LATENCY_QUANTILE).within_group(TRACES.c.execution_time_ms))
-        .where(*population_filter(query))
-    ).scalar()
-    if slow is not None:
-        thresholds["latency"] = (">", float(slow))
-        parts.append(rows(sa.literal("latency"), sa.literal(f"> {slow:g}"), TRACES, TRACES.c.execution_time_ms > slow))
-    for name in (name for name, kind in kinds.items() if kind == "numeric"):
-        low = conn.execute(
-            sa.select(sa.func.percentile_cont(NUMERIC_QUANTILE).within_group(ASSESSMENTS.c.numeric_value))
-            .where(*population_filter(query, ASSESSMENTS), VALID_FEEDBACK, ASSESSMENTS.c.name == name)
-        ).scalar()
-        if low is None:
-            continue
-        thresholds[f"assessment.{name}"] = ("<", float(low))
-        parts.append(rows(sa.literal(f"assessment.{name}"), sa.literal(f"< {low:g}"), ASSESSMENTS, VALID_FEEDBACK,
-                          ASSESSMENTS.c.name == name, ASSESSMENTS.c.numeric_value < low))
-
-    def dimension(name: str, value: str) -> Dimension:
-        if name in thresholds:
-            op, limit = thresholds[name]
-            return Dimension(name=name, parameters={"threshold": limit, "operator": op})
-        if name.startswith("assessment.") and kinds.get(name.removeprefix("assessment.")) == "boolean":
-            return Dimension(name=name, parameters={"value": value == "true"})
-        return Dimension(name=name, parameters={"value": value})
-
-    return sa.union_all(*parts), dimension
-
-
 def rank_against(
-    conn: sa.Connection, query: InsightsQuery, targets: list[Dimension], min_support: int = 1
+    conn: sa.Connection, query: InsightsQuery, targets: list[Dimension], min_support: int = 1,
+    session_outcomes: list[Dimension] | None = None,
 ) -> list[CorrelationsResponse]:
-    """For each target, every candidate dimension value with NPMI (highest first): one pass for all targets."""
-    population = population_filter(query)
-    # One row per trace of the population with a flag per target, so that a single scan of the candidate
-    # facts counts each candidate and its co-occurrence with every target.
+    """For each target, every candidate dimension value with NPMI (highest first): one pass for all targets.
+    `session_outcomes` give the `session` candidates (default: the targets)."""
+    # One row per counted trace with a flag per target, so that a single scan of the candidate facts counts each
+    # candidate and its co-occurrence with every target.
     flags = sa.select(
         TRACES.c.trace_id,
-        *(TRACES.c.trace_id.in_(trace_ids(target)).label(f"t{index}") for index, target in enumerate(targets)),
-    ).where(*population).subquery("flags")
+        *(TRACES.c.trace_id.in_(registry.trace_ids(target)).label(f"t{index}") for index, target in enumerate(targets)),
+    ).where(*population(query)).subquery("flags")
     total, *target_counts = conn.execute(
         sa.select(sa.func.count(), *(sa.func.count().filter(flags.c[f"t{i}"]) for i in range(len(targets))))
     ).one()
-    candidate_rows, dimension = _candidates(conn, query)
-    facts = candidate_rows.subquery("facts")
+    parts = registry.candidates(conn, query, targets if session_outcomes is None else session_outcomes)
+    facts = sa.union_all(*(
+        sa.select(rows.c.trace_id, rows.c.name, rows.c.value, sa.literal(index).label("part"))
+        for index, rows in enumerate(part.rows.subquery() for part in parts)
+    )).subquery("facts")
     rows = conn.execute(
         sa.select(
-            facts.c.name, facts.c.value, sa.func.count(),
+            facts.c.part, facts.c.name, facts.c.value, sa.func.count(),
             *(sa.func.count().filter(flags.c[f"t{i}"]) for i in range(len(targets))),
-        ).select_from(facts.join(flags, flags.c.trace_id == facts.c.trace_id)).group_by(facts.c.name, facts.c.value)
+        ).select_from(facts.join(flags, flags.c.trace_id == facts.c.trace_id))
+        .group_by(facts.c.part, facts.c.name, facts.c.value)
     ).all()
+    subjects = [registry.subject(target) for target in targets]
     ranked: list[list[CorrelatedDimension]] = [[] for _ in targets]
-    for name, value, n, *joints in rows:
+    for part, name, value, n, *joints in rows:
+        dimension = Dimension(name=name, parameters=parts[part].parameters(name, value))
         for index, joint in enumerate(joints):
-            if joint < min_support or name == targets[index].name:
-                continue  # too rare together, or a dimension against its own other values
+            if joint < min_support or registry.subject(dimension) == subjects[index]:
+                continue  # too rare together, or the target's own dimension (another value, its sessions)
             raw, smoothed = npmi(Counts(total, target_counts[index], n, joint))
-            ranked[index].append(CorrelatedDimension(dimension=dimension(name, value), value=value, count=n,
-                                                     intersection_count=joint, correlation=correlation(raw, smoothed)))
+            ranked[index].append(CorrelatedDimension(
+                dimension=dimension, value=value, description=registry.phrase(dimension),
+                mlflow_filter=registry.mlflow_filter_string(dimension), count=n, intersection_count=joint,
+                correlation=correlation(raw, smoothed),
+            ))
     for found in ranked:
         found.sort(key=lambda c: (-c.correlation.npmi_score, -c.intersection_count, c.dimension.name, c.value))
     return [
         CorrelationsResponse(
-            dimension=DimensionCount(name=target.name, value=describe(target), count=target_counts[index]),
+            dimension=DimensionCount(name=target.name, value=registry.words(target), count=target_counts[index]),
             total_count=total, data=ranked[index],
         )
         for index, target in enumerate(targets)
@@ -314,8 +165,10 @@ def rank_against(
 
 
 def correlations(conn: sa.Connection, request: CorrelationsRequest) -> CorrelationsResponse:
-    """Every discovered dimension value ranked by NPMI with the target dimension (highest first)."""
-    (response,) = rank_against(conn, request, [request.dimension], request.min_support)
+    """Every discovered dimension value ranked by NPMI with the target dimension (highest first); `session`
+    candidates are the population's bad outcomes."""
+    (response,) = rank_against(conn, request, [request.dimension], request.min_support,
+                               outcomes(conn, request, OutcomeRules()))
     if request.limit:
         response.data = response.data[: request.limit]
     return response

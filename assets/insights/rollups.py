@@ -9,13 +9,12 @@ ranked by NPMI, with support counts. Both are rebuilt whole in one transaction a
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
 from assets.insights.breakdowns import TEXT_VALUE, TOOL_SPAN, USER_TAG, tool_measures
-from assets.insights.dimensions import CorrelationsResponse, assessments_discovery, rank_against
-from assets.insights.npmi import Dimension
+from assets.insights.dimensions import CorrelationsResponse, rank_against
+from assets.insights.outcomes import OutcomeRules, outcomes
 from assets.insights.queries import (
     ASSESSMENTS,
     SPANS,
@@ -27,7 +26,6 @@ from assets.insights.queries import (
     bucket_column,
     latency_measures,
     percentiles,
-    population_filter,
     token_measures,
     volume_measures,
 )
@@ -78,43 +76,6 @@ def write_rollups(conn: sa.Connection) -> dict[str, int]:
         conn.exec_driver_sql(f"CREATE OR REPLACE TABLE {table} AS {sql}")
         rows[table] = conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar()
     return rows
-
-
-@dataclass
-class OutcomeRules:
-    min_support: int = 5
-    numeric_threshold: float = 0.5
-    thresholds: dict[str, float] = field(default_factory=dict)  # per numeric feedback name
-
-
-# MLflow's built-in judges answer with a CategoricalRating: yes, no (the failing answer) or unknown.
-YES_NO = {"yes", "no", "unknown"}
-
-
-def outcomes(conn: sa.Connection, query: InsightsQuery, rules: OutcomeRules) -> list[Dimension]:
-    """The bad outcomes found in the data: ERROR traces, negative boolean feedback, low numeric feedback, and
-    `no` from yes/no judges."""
-    found = [Dimension(name="status", parameters={"value": "ERROR"})]
-    for info in assessments_discovery(conn, query).data:
-        if info.assessment_type == "boolean":
-            found.append(Dimension(name=f"assessment.{info.name}", parameters={"value": False}))
-        elif info.assessment_type == "numeric":
-            limit = rules.thresholds.get(info.name, rules.numeric_threshold)
-            found.append(Dimension(name=f"assessment.{info.name}", parameters={"threshold": limit, "operator": "<"}))
-        elif no := _failing_answer(conn, query, info.name):
-            found.append(Dimension(name=f"assessment.{info.name}", parameters={"value": no}))
-    return found
-
-
-def _failing_answer(conn: sa.Connection, query: InsightsQuery, name: str) -> str | None:
-    """The `no` of a string feedback whose every answer is yes, no or unknown (as spelled), else None."""
-    answers = conn.execute(
-        sa.select(TEXT_VALUE).distinct().where(*population_filter(query, ASSESSMENTS), VALID_FEEDBACK,
-                                               ASSESSMENTS.c.name == name)
-    ).scalars().all()
-    if not {answer.lower() for answer in answers} <= YES_NO:
-        return None
-    return next((answer for answer in answers if answer.lower() == "no"), None)
 
 
 ROOT_CAUSES = sa.table(

@@ -1,0 +1,605 @@
+"""The dimension registry: every kind of trace dimension in one table, `KINDS` (like MLflow's TRACES_METRICS_CONFIGS).
+
+A dimension selects traces: "status is ERROR", "tool web.fetch failed", "user_thumbs is false". Each kind says, in
+one place, its parameters, the trace ids it selects in the warehouse, the MLflow `search_traces` filter for the same
+traces (for "open in MLflow"; None where MLflow's syntax cannot say it, and `mlflow_limits` says when), how it reads
+in words, which of its values exist in a population (discovery), and its candidate values for correlations and root
+causes. Discovery, NPMI, correlations, root causes and the filters all read `KINDS`: a new kind is one entry.
+
+A kind is named as is (`status`, `span.type`) or is a family `<kind>.<key>` (`tags.<key>`, keys may hold dots and
+spaces). Every value is a bound parameter.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import sqlalchemy as sa
+from pydantic import BaseModel, BeforeValidator, Field
+from pydantic_core import PydanticCustomError
+
+from assets.insights.breakdowns import TEXT_VALUE, TOOL_SPAN, USER_TAG, assessments_discovery
+from assets.insights.queries import (
+    ASSESSMENTS,
+    METADATA,
+    SPANS,
+    TAGS,
+    TRACES,
+    VALID_FEEDBACK,
+    InsightsQuery,
+    population_filter,
+)
+
+OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "=": operator.eq}
+ENUM_LIMIT = 50  # a dimension with at most this many values lists them as enum_values
+TOOL_STATES = ["used", "error", "success"]
+
+
+# --- dimensions and their parameters ---------------------------------------------------------------------------------
+
+
+class DimensionError(ValueError):
+    """A dimension's name or parameters are wrong; the message names which."""
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, (str, int, float)):  # bool is an int
+        return value
+    raise PydanticCustomError("scalar", "must be a string, a number or a boolean")
+
+
+# Parameters are bound into SQL one by one: scalars only (a list, an object or null is a 400), types kept as sent.
+Parameter = Annotated[Any, BeforeValidator(_scalar)]
+
+
+class Dimension(BaseModel):
+    name: str
+    parameters: dict[str, Parameter] = {}
+
+
+def _param(dimension: Dimension, key: str) -> Any:
+    if key not in dimension.parameters:
+        raise DimensionError(f"dimension {dimension.name!r} needs parameter {key!r}")
+    return dimension.parameters[key]
+
+
+def threshold(dimension: Dimension) -> float:
+    raw = _param(dimension, "threshold")
+    try:
+        if isinstance(raw, bool):
+            raise TypeError
+        return float(raw)  # the REST API's parameters may be strings, like the seed's
+    except (TypeError, ValueError):
+        raise DimensionError(f"dimension {dimension.name!r}: threshold must be a number, not {raw!r}") from None
+
+
+def _operator(dimension: Dimension) -> str:
+    op = dimension.parameters.get("operator", ">")
+    if op not in OPERATORS:
+        raise DimensionError(f"dimension {dimension.name!r}: operator must be one of {sorted(OPERATORS)}, not {op!r}")
+    return op
+
+
+def _compare(dimension: Dimension, column: sa.ColumnElement) -> sa.ColumnElement[bool]:
+    return OPERATORS[_operator(dimension)](column, threshold(dimension))
+
+
+def _threshold_words(dimension: Dimension) -> str:
+    return f"{_operator(dimension)} {threshold(dimension):g}"
+
+
+def value_text(value: Any) -> str:
+    """A parameter value as the warehouse's text columns hold it (booleans in MLflow's lower case)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def mlflow_literal(value: Any) -> str | None:
+    """`value` as a string literal of MLflow's filter syntax; None when it holds both kinds of quote."""
+    text = value_text(value)
+    if "'" not in text:
+        return f"'{text}'"
+    return f'"{text}"' if '"' not in text else None
+
+
+def _key(key: str) -> str | None:
+    """A tag, metadata or feedback key for MLflow's filter syntax (backquoted: keys hold dots and spaces)."""
+    return None if "`" in key else f"`{key}`"
+
+
+# --- populations ------------------------------------------------------------------------------------------------------
+
+
+def population(query: InsightsQuery, table: sa.TableClause = TRACES) -> list[sa.ColumnElement[bool]]:
+    """The rows of `table` whose trace is counted."""
+    return population_filter(query, table)
+
+
+def _scoped(query: InsightsQuery, table: sa.TableClause) -> tuple[sa.FromClause, list[sa.ColumnElement[bool]]]:
+    """`table` with the query's experiments and times; trace_metadata carries neither, so it joins its traces."""
+    if "experiment_id" in table.c:
+        return table, population_filter(query, table)
+    return table.join(TRACES, TRACES.c.trace_id == table.c.trace_id), population_filter(query)
+
+
+# --- discovery and candidates ----------------------------------------------------------------------------------------
+
+
+class DimensionParameter(BaseModel):
+    name: str
+    type: Literal["string", "number", "enum", "boolean"]
+    required: bool = True
+    description: str | None = None
+    enum_values: list[str] | None = None
+
+
+class DimensionInfo(BaseModel):
+    name: str
+    display_name: str
+    description: str
+    parameters: list[DimensionParameter]
+    mlflow_limits: str | None = Field(default=None, description="What MLflow's search filter cannot express of this "
+                                      "dimension (null: everything can be opened in MLflow).")
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Candidate dimension values: `rows` (trace_id, name, value), one per trace of the population having the
+    value, and how a row's name and value become its dimension's parameters."""
+
+    rows: sa.Select
+    parameters: Callable[[str, str], dict[str, Any]]
+
+
+def _value_parameters(values: list[str] | None, description: str) -> list[DimensionParameter]:
+    kind = "enum" if values is not None else "string"
+    return [DimensionParameter(name="value", type=kind, enum_values=values, description=description)]
+
+
+def _threshold_parameters(what: str, required: bool = True) -> list[DimensionParameter]:
+    return [
+        DimensionParameter(name="threshold", type="number", required=required, description=what),
+        DimensionParameter(name="operator", type="enum", required=False, enum_values=list(OPERATORS),
+                           description="Comparison with the threshold; default '>'."),
+    ]
+
+
+def _distinct(conn: sa.Connection, query: InsightsQuery, table: sa.TableClause, column: sa.ColumnElement,
+              *where: sa.ColumnElement[bool]) -> list[str]:
+    source, scope = _scoped(query, table)
+    select = sa.select(column).distinct().select_from(source).where(*scope, *where, column.is_not(None))
+    return sorted(conn.execute(select).scalars())
+
+
+def _rows(query: InsightsQuery, table: sa.TableClause, name: sa.ColumnElement, value: sa.ColumnElement,
+          *where: sa.ColumnElement[bool]) -> sa.Select:
+    source, scope = _scoped(query, table)
+    return (sa.select(table.c.trace_id.label("trace_id"), name.label("name"), value.label("value"))
+            .select_from(source).where(*scope, *where).distinct())
+
+
+def _quantile(conn: sa.Connection, query: InsightsQuery, fraction: float, column: sa.ColumnElement,
+              *where: sa.ColumnElement[bool]) -> float | None:
+    found = conn.execute(sa.select(sa.func.percentile_cont(fraction).within_group(column))
+                         .where(*population(query, column.table), *where)).scalar()
+    return None if found is None else float(found)
+
+
+# --- the kinds -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Kind:
+    """One kind of dimension. `display` and `description` name a family's key as {key}."""
+
+    name: str
+    display: str
+    description: str
+    family: bool = False
+    mlflow_limits: str | None = None  # what MLflow's search filter cannot express, if anything
+
+    def trace_ids(self, dimension: Dimension, key: str | None) -> sa.Select:
+        """The trace ids the dimension selects (over all traces; the caller applies the population)."""
+        raise NotImplementedError
+
+    def mlflow_filter(self, dimension: Dimension, key: str | None) -> str | None:
+        """MLflow's search_traces filter for the same traces, None where its syntax cannot say it."""
+        return None
+
+    def words(self, dimension: Dimension, key: str | None) -> str:
+        """The parameters in words: 'false', '> 1500'."""
+        return value_text(_param(dimension, "value"))
+
+    def phrase(self, dimension: Dimension, key: str | None) -> str:
+        """The dimension in plain words: 'tool web.fetch failed'."""
+        raise NotImplementedError
+
+    def discover(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[DimensionInfo]:
+        raise NotImplementedError
+
+    def candidates(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Facts]:
+        raise NotImplementedError
+
+    def info(self, key: str | None, parameters: list[DimensionParameter]) -> DimensionInfo:
+        return DimensionInfo(
+            name=f"{self.name}.{key}" if self.family else self.name, display_name=self.display.format(key=key),
+            description=self.description.format(key=key), parameters=parameters, mlflow_limits=self.mlflow_limits,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ValueKind(Kind):
+    """Traces with a row whose `column` equals the `value` parameter (a family's: in the rows of its key)."""
+
+    column: sa.ColumnElement
+    key_column: sa.ColumnElement | None = None
+    where: tuple[sa.ColumnElement[bool], ...] = ()  # the rows that count, e.g. failed spans
+    listed: tuple[sa.ColumnElement[bool], ...] = ()  # which rows discovery and candidates list (not the selector)
+    phrasing: str  # "tag {key} is {value}"
+    mlflow: Callable[[str | None, str], str | None] | None = None  # (key, value) -> filter
+
+    def _matching(self, key: str | None) -> list[sa.ColumnElement[bool]]:
+        return [*self.where, *([self.key_column == key] if self.family else [])]
+
+    def trace_ids(self, dimension: Dimension, key: str | None) -> sa.Select:
+        value = value_text(_param(dimension, "value"))
+        return sa.select(self.column.table.c.trace_id).where(*self._matching(key), self.column == value)
+
+    def mlflow_filter(self, dimension: Dimension, key: str | None) -> str | None:
+        return self.mlflow(key, value_text(_param(dimension, "value"))) if self.mlflow else None
+
+    def phrase(self, dimension: Dimension, key: str | None) -> str:
+        return self.phrasing.format(key=key, value=self.words(dimension, key))
+
+    def discover(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[DimensionInfo]:
+        table = self.column.table
+        keys = _distinct(conn, query, table, self.key_column, *self.where, *self.listed) if self.family else [None]
+        found = []
+        for key in keys:
+            values = _distinct(conn, query, table, self.column, *self._matching(key), *self.listed)
+            if values:
+                listed = values if len(values) <= ENUM_LIMIT else None
+                found.append(self.info(key, _value_parameters(listed, self.display.format(key=key))))
+        return found
+
+    def candidates(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Facts]:
+        name = sa.literal(f"{self.name}.") + self.key_column if self.family else sa.literal(self.name)
+        rows = _rows(query, self.column.table, name, self.column, *self.where, *self.listed, self.column.is_not(None))
+        return [Facts(rows, lambda _name, value: {"value": value})]
+
+
+def _equals(left: str) -> Callable[[str | None, str], str | None]:
+    """MLflow's `<left> = '<value>'`, `left` naming the family's key as {key}."""
+    def render(key: str | None, value: str) -> str | None:
+        quoted_key = _key(key) if key is not None else ""
+        literal = mlflow_literal(value)
+        return f"{left.format(key=quoted_key)} = {literal}" if literal and quoted_key is not None else None
+    return render
+
+
+def _model_filter(_key: str | None, model: str) -> str | None:
+    # MLflow keeps the model in the span's JSON attributes, not in a column its search reads; its
+    # `span.attributes.<name> RLIKE '^...$'` matches the whole JSON-encoded attribute value, case-sensitively.
+    literal = mlflow_literal(f"^{re.escape(model)}$")
+    return f"span.attributes.`mlflow.llm.model` RLIKE {literal}" if literal else None
+
+
+def _exception_filter(_key: str | None, exception_type: str) -> str | None:
+    # The type is an attribute of the span's `exception` event, which MLflow's search reaches only as text of the
+    # span's JSON (`span.attributes.<name> LIKE`). LIKE's wildcards and SQLite's case-insensitive LIKE would make
+    # it looser than the warehouse's equality: only plain identifiers get a filter.
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9.]*", exception_type):
+        return None
+    return f"span.status = 'ERROR' AND span.attributes.`exception.type` LIKE ': \"{exception_type}\"%'"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThresholdKind(Kind):
+    """Traces whose `column` compares so with the `threshold` parameter; candidates: above the population's quantile."""
+
+    column: sa.ColumnElement
+    unit: str
+    mlflow_column: str
+    quantile: float
+
+    def trace_ids(self, dimension: Dimension, key: str | None) -> sa.Select:
+        return sa.select(self.column.table.c.trace_id).where(_compare(dimension, self.column))
+
+    def mlflow_filter(self, dimension: Dimension, key: str | None) -> str | None:
+        return f"{self.mlflow_column} {_operator(dimension)} {threshold(dimension)!r}"
+
+    def words(self, dimension: Dimension, key: str | None) -> str:
+        return _threshold_words(dimension)
+
+    def phrase(self, dimension: Dimension, key: str | None) -> str:
+        return f"{self.name} {_threshold_words(dimension)} {self.unit}"
+
+    def discover(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[DimensionInfo]:
+        return [self.info(None, _threshold_parameters(f"{self.display} in {self.unit}"))]
+
+    def candidates(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Facts]:
+        limit = _quantile(conn, query, self.quantile, self.column)
+        if limit is None:
+            return []
+        rows = _rows(query, self.column.table, sa.literal(self.name), sa.literal(f"> {limit:g}"), self.column > limit)
+        return [Facts(rows, lambda _name, _value: {"threshold": limit, "operator": ">"})]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolKind(Kind):
+    """`tools.<name>`: traces that called the tool (used), had a call fail (error), or had none fail (success)."""
+
+    def _state(self, dimension: Dimension) -> str:
+        state = dimension.parameters.get("value", "used")
+        if state not in TOOL_STATES:
+            raise DimensionError(f"dimension {dimension.name!r}: value must be used, error or success, not {state!r}")
+        return state
+
+    def trace_ids(self, dimension: Dimension, key: str | None) -> sa.Select:
+        state, tool = self._state(dimension), sa.and_(TOOL_SPAN, SPANS.c.name == key)
+        used = sa.select(SPANS.c.trace_id).where(tool)
+        failed = sa.select(SPANS.c.trace_id).where(tool, SPANS.c.status == "ERROR")
+        return {"used": used, "error": failed, "success": used.where(SPANS.c.trace_id.not_in(failed))}[state]
+
+    def mlflow_filter(self, dimension: Dimension, key: str | None) -> str | None:
+        # MLflow's span conditions hold for one span together: a TOOL span of this name (that failed).
+        state, name = self._state(dimension), mlflow_literal(key)
+        if state == "success" or name is None:
+            return None
+        return f"span.type = 'TOOL' AND span.name = {name}" + (" AND span.status = 'ERROR'" if state == "error" else "")
+
+    def words(self, dimension: Dimension, key: str | None) -> str:
+        return self._state(dimension)
+
+    def phrase(self, dimension: Dimension, key: str | None) -> str:
+        return {"used": f"called tool {key}", "error": f"tool {key} failed",
+                "success": f"tool {key} never failed"}[self._state(dimension)]
+
+    def discover(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[DimensionInfo]:
+        return [self.info(tool, _value_parameters(TOOL_STATES, "used, error or success"))
+                for tool in _distinct(conn, query, SPANS, SPANS.c.name, TOOL_SPAN)]
+
+    def candidates(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Facts]:
+        name = sa.literal("tools.") + SPANS.c.name
+        succeeded = (sa.select(SPANS.c.trace_id, name.label("name"), sa.literal("success").label("value"))
+                     .where(*population_filter(query, SPANS), TOOL_SPAN).group_by(SPANS.c.trace_id, SPANS.c.name)
+                     .having(sa.func.count().filter(SPANS.c.status == "ERROR") == 0))
+        parts = [_rows(query, SPANS, name, sa.literal("used"), TOOL_SPAN),
+                 _rows(query, SPANS, name, sa.literal("error"), TOOL_SPAN, SPANS.c.status == "ERROR"), succeeded]
+        return [Facts(rows, lambda _name, value: {"value": value}) for rows in parts]
+
+
+def _feedback_value(value: Any) -> sa.ColumnElement[bool]:
+    """Feedback equal to `value`: a boolean matches true/false in any spelling, a number the numeric value, also
+    when asked as a string ("5" matches 5 and 5.0, as MLflow's `feedback.x = '5'` does)."""
+    if isinstance(value, bool):
+        return ASSESSMENTS.c.bool_value == value
+    if isinstance(value, (int, float)):
+        return ASSESSMENTS.c.numeric_value == value
+    text = str(value)
+    matches = [ASSESSMENTS.c.string_value == text]
+    if (as_bool := {"true": True, "false": False}.get(text.lower())) is not None:
+        matches.append(ASSESSMENTS.c.bool_value == as_bool)
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if math.isfinite(number):
+        matches.append(ASSESSMENTS.c.numeric_value == number)
+    return sa.or_(*matches)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AssessmentKind(Kind):
+    """`assessment.<name>`: traces with valid feedback of this name equal to `value`, or comparing so with
+    `threshold` (numeric feedback). Candidates: every boolean and string value, numeric ones below their p25."""
+
+    numeric_quantile: float
+
+    def trace_ids(self, dimension: Dimension, key: str | None) -> sa.Select:
+        if "threshold" in dimension.parameters:
+            condition = _compare(dimension, ASSESSMENTS.c.numeric_value)
+        else:
+            condition = _feedback_value(_param(dimension, "value"))
+        return sa.select(ASSESSMENTS.c.trace_id).where(VALID_FEEDBACK, ASSESSMENTS.c.name == key, condition)
+
+    def mlflow_filter(self, dimension: Dimension, key: str | None) -> str | None:
+        if (name := _key(key)) is None:
+            return None
+        if "threshold" in dimension.parameters:
+            return f"feedback.{name} {_operator(dimension)} {threshold(dimension)!r}"
+        literal = mlflow_literal(_param(dimension, "value"))
+        return f"feedback.{name} = {literal}" if literal else None
+
+    def words(self, dimension: Dimension, key: str | None) -> str:
+        return _threshold_words(dimension) if "threshold" in dimension.parameters else super().words(dimension, key)
+
+    def phrase(self, dimension: Dimension, key: str | None) -> str:
+        if "threshold" in dimension.parameters:
+            return f"{key} {_threshold_words(dimension)}"
+        return f"{key} is {self.words(dimension, key)}"
+
+    def discover(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[DimensionInfo]:
+        found = []
+        for feedback in assessments_discovery(conn, query).data:
+            if feedback.assessment_type == "numeric":
+                parameters = _threshold_parameters("Feedback value")
+            elif feedback.assessment_type == "boolean":
+                parameters = [DimensionParameter(name="value", type="boolean", enum_values=["true", "false"])]
+            else:
+                values = _distinct(conn, query, ASSESSMENTS, TEXT_VALUE, VALID_FEEDBACK, ASSESSMENTS.c.name == feedback.name)
+                parameters = _value_parameters(values if len(values) <= ENUM_LIMIT else None, "Feedback value")
+            found.append(self.info(feedback.name, parameters))
+        return found
+
+    def candidates(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Facts]:
+        types = {info.name: info.assessment_type for info in assessments_discovery(conn, query).data}
+        name = sa.literal("assessment.") + ASSESSMENTS.c.name
+        found = []
+        if categorical := [feedback for feedback, kind in types.items() if kind != "numeric"]:
+            text = sa.case((ASSESSMENTS.c.value_type == "boolean", sa.cast(ASSESSMENTS.c.bool_value, sa.String)),
+                           else_=TEXT_VALUE)
+            rows = _rows(query, ASSESSMENTS, name, text, VALID_FEEDBACK, ASSESSMENTS.c.name.in_(categorical),
+                         ASSESSMENTS.c.value_type.in_(["boolean", "string"]))
+
+            def parameters(name: str, value: str) -> dict[str, Any]:
+                boolean = types[name.removeprefix("assessment.")] == "boolean"
+                return {"value": value == "true" if boolean else value}
+
+            found.append(Facts(rows, parameters))
+        for feedback in (feedback for feedback, kind in types.items() if kind == "numeric"):
+            where = (VALID_FEEDBACK, ASSESSMENTS.c.name == feedback)
+            low = _quantile(conn, query, self.numeric_quantile, ASSESSMENTS.c.numeric_value, *where)
+            if low is not None:
+                rows = _rows(query, ASSESSMENTS, sa.literal(f"assessment.{feedback}"), sa.literal(f"< {low:g}"), *where,
+                             ASSESSMENTS.c.numeric_value < low)
+                found.append(Facts(rows, lambda _name, _value, low=low: {"threshold": low, "operator": "<"}))
+        return found
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionKind(Kind):
+    """`session`: traces of a session in which some trace has the dimension named by `outcome`, with that
+    dimension's own parameters beside it: {"outcome": "assessment.user_thumbs", "value": false} selects every
+    trace of the sessions with a thumbs-down. Candidates: one per outcome (status ERROR, thumbs-down, ...)."""
+
+    def inner(self, dimension: Dimension) -> Dimension:
+        parameters = dict(dimension.parameters)
+        name = parameters.pop("outcome", None)
+        if not isinstance(name, str) or kind_of(name)[0] is self:
+            raise DimensionError(f"dimension {dimension.name!r} needs parameter 'outcome': the name of another "
+                                 "dimension, e.g. 'assessment.user_thumbs' (with its value), or 'status'")
+        return Dimension(name=name, parameters=parameters)
+
+    def trace_ids(self, dimension: Dimension, key: str | None) -> sa.Select:
+        sessions = sa.select(TRACES.c.session_id).where(TRACES.c.trace_id.in_(trace_ids(self.inner(dimension))),
+                                                        TRACES.c.session_id.is_not(None))
+        return sa.select(TRACES.c.trace_id).where(TRACES.c.session_id.in_(sessions))
+
+    def words(self, dimension: Dimension, key: str | None) -> str:
+        return phrase(self.inner(dimension))
+
+    def phrase(self, dimension: Dimension, key: str | None) -> str:
+        return f"in a session where {phrase(self.inner(dimension))}"
+
+    def discover(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[DimensionInfo]:
+        if not _distinct(conn, query, TRACES, TRACES.c.session_id):
+            return []
+        names = sorted({outcome.name for outcome in outcomes})
+        return [self.info(None, [
+            DimensionParameter(name="outcome", type="enum", enum_values=names,
+                               description="The dimension some trace of the session has (an outcome's name)."),
+            DimensionParameter(name="value", type="string", required=False, description="Its value, if it takes one."),
+            *_threshold_parameters("Its threshold, if it takes one.", required=False),
+        ])]
+
+    def candidates(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Facts]:
+        found = []
+        for outcome in outcomes:
+            dimension = Dimension(name=self.name, parameters={"outcome": outcome.name, **outcome.parameters})
+            rows = _rows(query, TRACES, sa.literal(self.name), sa.literal(self.words(dimension, None)),
+                         TRACES.c.trace_id.in_(self.trace_ids(dimension, None)))
+            found.append(Facts(rows, lambda _name, _value, dimension=dimension: dict(dimension.parameters)))
+        return found
+
+
+# Metadata keys MLflow writes that say where a trace came from; the rest of `mlflow.*` (previews, sizes, the
+# run of an evaluation) are no dimensions, and the user and session have their own kinds.
+MLFLOW_METADATA_DIMENSIONS = ("mlflow.modelId", "mlflow.source.name", "mlflow.source.git.commit")
+# Span names that are not already a tool's (tools.<name>) or the trace's own (trace_name: the root span's name).
+NAMED_SPANS = sa.select(SPANS.c.name).where(SPANS.c.parent_span_id.is_not(None),
+                                            SPANS.c.span_type.is_distinct_from("TOOL"))
+
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (
+    ValueKind(name="status", display="Trace status", description="Traces with this status.", column=TRACES.c.status,
+              phrasing="status is {value}", mlflow=_equals("attributes.status")),
+    ValueKind(name="trace_name", display="Trace name", description="Traces of this name (their root span's).",
+              column=TRACES.c.trace_name, phrasing="trace name is {value}", mlflow=_equals("trace.name")),
+    ValueKind(name="user", display="User", description="Traces of this user (metadata mlflow.trace.user).",
+              column=TRACES.c.user_id, phrasing="user is {value}", mlflow=_equals("metadata.`mlflow.trace.user`")),
+    SessionKind(name="session", display="Session with an outcome",
+                description="Traces of the sessions in which some trace has this outcome.",
+                mlflow_limits="MLflow's search cannot select traces by what other traces of their session have."),
+    ThresholdKind(name="latency", display="Latency", description="Traces whose latency (ms) compares so.",
+                  column=TRACES.c.execution_time_ms, unit="ms", mlflow_column="trace.execution_time_ms", quantile=0.9),
+    ValueKind(name="span.type", display="Span type", description="Traces with a span of this type.",
+              column=SPANS.c.span_type, phrasing="has a {value} span", mlflow=_equals("span.type")),
+    ValueKind(name="span.name", display="Span name", description="Traces with a span of this name.",
+              column=SPANS.c.name, listed=(SPANS.c.name.in_(NAMED_SPANS),), phrasing="has a span named {value}",
+              mlflow=_equals("span.name")),
+    ValueKind(name="model", display="Model", description="Traces with a span calling this model.",
+              column=SPANS.c.model_name, phrasing="called model {value}", mlflow=_model_filter),
+    ValueKind(name="error.type", display="Error type", description="Traces with a span that failed with this "
+              "exception type.", column=SPANS.c.exception_type, where=(SPANS.c.status == "ERROR",),
+              phrasing="a span failed with {value}", mlflow=_exception_filter,
+              mlflow_limits="Only for types of letters, digits and dots (MLflow matches them with LIKE)."),
+    ToolKind(name="tools", family=True, display="Tool {key}",
+             description="Traces that called tool {key!r} (used), had a call fail (error) or none fail (success).",
+             mlflow_limits="Not for success: MLflow's search cannot say that no call failed."),
+    ValueKind(name="tags", family=True, display="Tag {key}", description="Traces whose tag {key!r} has this value.",
+              column=TAGS.c.value, key_column=TAGS.c.key, listed=(USER_TAG,), phrasing="tag {key} is {value}",
+              mlflow=_equals("tags.{key}")),
+    ValueKind(name="metadata", family=True, display="Metadata {key}",
+              description="Traces whose metadata {key!r} has this value.", column=METADATA.c.value,
+              key_column=METADATA.c.key,
+              listed=(sa.or_(sa.not_(METADATA.c.key.startswith("mlflow.")),
+                             METADATA.c.key.in_(MLFLOW_METADATA_DIMENSIONS)),),
+              phrasing="metadata {key} is {value}", mlflow=_equals("metadata.{key}")),
+    AssessmentKind(name="assessment", family=True, display="Feedback {key}", description="Traces with feedback {key!r}.",
+                   numeric_quantile=0.25),
+)}
+
+
+def kind_of(name: str) -> tuple[Kind, str | None]:
+    """The kind of a dimension name and, for a family, its key."""
+    if (kind := KINDS.get(name)) is not None and not kind.family:
+        return kind, None
+    prefix, _, key = name.partition(".")
+    if (kind := KINDS.get(prefix)) is None or not kind.family or not key:
+        raise DimensionError(f"unknown dimension {name!r}")
+    return kind, key
+
+
+def trace_ids(dimension: Dimension) -> sa.Select:
+    """The trace ids a dimension selects (over all traces; the population is applied by the caller)."""
+    kind, key = kind_of(dimension.name)
+    return kind.trace_ids(dimension, key)
+
+
+def mlflow_filter_string(dimension: Dimension) -> str | None:
+    """The MLflow `search_traces` filter for the same traces (to open them in the MLflow UI), None where MLflow's
+    syntax cannot say it (see each kind's mlflow_limits) or a value holds both kinds of quote."""
+    kind, key = kind_of(dimension.name)
+    return kind.mlflow_filter(dimension, key)
+
+
+def words(dimension: Dimension) -> str:
+    """The parameters in words: 'false', '> 1500', 'error'."""
+    kind, key = kind_of(dimension.name)
+    return kind.words(dimension, key)
+
+
+def phrase(dimension: Dimension) -> str:
+    """The dimension in plain words: 'tool web.fetch failed', 'user_thumbs is false'."""
+    kind, key = kind_of(dimension.name)
+    return kind.phrase(dimension, key)
+
+
+def subject(dimension: Dimension) -> str:
+    """What a dimension is about: its name, or for `session`, the name of its outcome."""
+    kind, _ = kind_of(dimension.name)
+    return kind.inner(dimension).name if isinstance(kind, SessionKind) else dimension.name
+
+
+def discover(conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[DimensionInfo]:
+    """Every dimension the population's data has, kind by kind in the registry's order."""
+    return [info for kind in KINDS.values() for info in kind.discover(conn, query, outcomes)]
+
+
+def candidates(conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Facts]:
+    """Every kind's candidate values over the population (`outcomes` give the session candidates)."""
+    return [facts for kind in KINDS.values() for facts in kind.candidates(conn, query, outcomes)]
