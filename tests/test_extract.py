@@ -29,8 +29,10 @@ from tests.oracle import downgrade, mlflow_rows, table_dump, warehouse_rows
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
-def assert_matches_mlflow(store: Store, warehouse_path: str) -> None:
-    expected, actual = mlflow_rows(store.uri, [store.experiment_id]), warehouse_rows(warehouse_path)
+def assert_matches_mlflow(store: Store, warehouse_path: str, experiment_ids: list[str] | None = None) -> None:
+    """The warehouse holds exactly MLflow's rows of the store's experiment (or of `experiment_ids`)."""
+    expected = mlflow_rows(store.uri, experiment_ids or [store.experiment_id])
+    actual = warehouse_rows(warehouse_path)
     for table in expected:
         assert actual[table] == expected[table], (
             f"{table}: missing {sorted(expected[table] - actual[table])[:3]}, extra {sorted(actual[table] - expected[table])[:3]}"
