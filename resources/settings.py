@@ -33,9 +33,11 @@ LLMOPS_DEPLOY_CONFIG = "LLMOPS_DEPLOY_CONFIG"
 LLMOPS_DEPLOY_ENV = "LLMOPS_DEPLOY_ENV"
 LLMOPS_SERVING_DIR = "LLMOPS_SERVING_DIR"
 LLMOPS_LABELING_RULES = "LLMOPS_LABELING_RULES"
+LLMOPS_OUTCOMES = "LLMOPS_OUTCOMES"
 DAGSTER_HOME = "DAGSTER_HOME"
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_OUTCOMES_FILE = PROJECT_DIR / "outcomes" / "outcomes.yaml"  # which traces went badly (root causes)
 
 DEFAULT_DEMO_EXPERIMENT = "llmops-demo"
 DEFAULT_REFRESH_CRON = "0 * * * *"  # hourly
@@ -92,6 +94,7 @@ def apply_defaults() -> dict[str, str]:
     os.environ.setdefault(LLMOPS_DEPLOY_ENV, "dev")
     os.environ.setdefault(LLMOPS_SERVING_DIR, str(home / "serving"))
     os.environ.setdefault(LLMOPS_LABELING_RULES, str(PROJECT_DIR / "labeling" / "rules.yaml"))
+    os.environ.setdefault(LLMOPS_OUTCOMES, str(DEFAULT_OUTCOMES_FILE))
     os.environ.setdefault(LLMOPS_AUTOMATION, "on")
     os.environ.setdefault(LLMOPS_REFRESH_CRON, DEFAULT_REFRESH_CRON)
     os.environ.setdefault(LLMOPS_EVALS_CRON, DEFAULT_EVALS_CRON)
@@ -101,7 +104,7 @@ def apply_defaults() -> dict[str, str]:
         name: os.environ[name]
         for name in (LLMOPS_HOME, MLFLOW_TRACKING_URI, LLMOPS_DUCKDB_PATH, LLMOPS_TRACE_SOURCE, LLMOPS_REPORTS_DIR,
                      LLMOPS_PROMPTS_DIR, LLMOPS_EVALS_DIR, LLMOPS_EVAL_EXPERIMENT, LLMOPS_MODEL_NAME,
-                     LLMOPS_DEPLOY_CONFIG, LLMOPS_DEPLOY_ENV, LLMOPS_SERVING_DIR, LLMOPS_LABELING_RULES,
+                     LLMOPS_DEPLOY_CONFIG, LLMOPS_DEPLOY_ENV, LLMOPS_SERVING_DIR, LLMOPS_LABELING_RULES, LLMOPS_OUTCOMES,
                      LLMOPS_FEEDBACK_SETTLE_S, LLMOPS_MAX_DELETE_SHARE, LLMOPS_AUTOMATION, LLMOPS_REFRESH_CRON, LLMOPS_EVALS_CRON)
     }
 

@@ -20,6 +20,7 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from assets.insights.assets import insights_report, insights_rollups, root_causes
 from assets.insights.breakdowns import tools_discovery
 from assets.insights.npmi import Dimension, calculate_npmi
+from assets.insights.registry import mlflow_filter_string, phrase
 from assets.insights.queries import InsightsQuery, TimeBucket, traffic_latency, traffic_volume
 from assets.insights.rollups import OutcomeRules, outcomes
 from assets.traces.assets import trace_warehouse
@@ -36,11 +37,13 @@ CHROMIUM = shutil.which("chromium")
 def materialized(seeded_store: Store, tmp_path_factory) -> tuple[str, Path, dg.ExecuteInProcessResult]:
     folder = tmp_path_factory.mktemp("insights_assets")
     path = str(folder / "warehouse.duckdb")
+    outcomes_file = folder / "outcomes.yaml"
+    outcomes_file.write_text("min_support: 2\nassessments:\n  relevance: {below: 0.5}\n")
     resources = {"mlflow": MlflowResource(tracking_uri=seeded_store.uri), "warehouse": WarehouseResource(path=path)}
     with dg.instance_for_test() as instance:
         result = dg.materialize(
             [trace_warehouse, insights_rollups, root_causes, insights_report], resources=resources, instance=instance,
-            run_config={"ops": {"root_causes": {"config": {"min_support": 2}},
+            run_config={"ops": {"root_causes": {"config": {"outcomes_file": str(outcomes_file)}},
                                 "insights_report": {"config": {"reports_dir": str(folder / "reports")}}}},
         )
     assert result.success
@@ -80,14 +83,21 @@ def test_root_causes_equal_pairwise_npmi_above_the_support(materialized, seeded_
         assert all(r["intersection_count"] >= 2 for r in rows)
         assert rows and all(r["npmi"] > 0 and r["direction"] == "positive" for r in rows)  # causes go with it
         query = InsightsQuery(experiment_ids=[seeded_store.experiment_id])
+        assert outcomes == {("status", "ERROR"), ("assessment.user_thumbs", "false"), ("assessment.relevance", "< 0.5")}
         for row in rows:
-            outcome = {"ERROR": {"value": "ERROR"}, "false": {"value": False}}.get(
-                row["outcome_value"], {"threshold": 0.5, "operator": "<"})
-            pair = calculate_npmi(conn, query, Dimension(name=row["outcome"], parameters=outcome),
+            pair = calculate_npmi(conn, query, Dimension(name=row["outcome"], parameters=json.loads(row["outcome_parameters"])),
                                   Dimension(name=row["dimension"], parameters=json.loads(row["parameters"])))
             assert (pair.dimension1_count, pair.dimension2_count, pair.joint_count, pair.total_count) == (
                 row["outcome_count"], row["count"], row["intersection_count"], row["total_count"])
             assert pair.npmi == pytest.approx(row["npmi"], abs=1e-12)
+            cause = Dimension(name=row["dimension"], parameters=json.loads(row["parameters"]))
+            assert (row["description"], row["mlflow_filter"]) == (phrase(cause), mlflow_filter_string(cause))
+        # named in plain words, the raw filter beside
+        assert {r["outcome_description"] for r in rows} == {"status is ERROR", "user_thumbs is false", "relevance < 0.5"}
+        failed = next(r for r in rows if r["outcome"] == "status" and r["dimension"] == "tools.sql.query"
+                      and r["value"] == "error")
+        assert failed["description"] == "tool sql.query failed" and failed["mlflow_filter"] == (
+            "span.type = 'TOOL' AND span.name = 'sql.query' AND span.status = 'ERROR'")
     for outcome in outcomes:
         ranks = [r["npmi"] for r in rows if (r["outcome"], r["outcome_value"]) == outcome]
         assert ranks == sorted(ranks, reverse=True)
@@ -117,7 +127,7 @@ def test_report_draws_its_charts_in_headless_chromium(materialized, tmp_path: Pa
     bars = re.findall(r'<g class="point"><path d="M[^"]+"', dom)
     assert len(bars) > 10  # volume bars (OK and ERROR per day) and tool bars have real geometry
     assert dom.count('class="hm"') == 1 or "heatmaplayer" in dom  # the root-cause heatmap layer
-    assert "Top root causes" in dom and "status ERROR" in dom
+    assert "Top root causes" in dom and "status is ERROR (" in dom and "tool sql.query failed" in dom
 
 
 def test_a_yes_no_judges_no_is_a_bad_outcome(store: Store, warehouse_path: str, tmp_path: Path):

@@ -8,7 +8,8 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from assets.insights.report import render_report
-from assets.insights.rollups import OutcomeRules, write_rollups, write_root_causes
+from assets.insights.outcomes import load_outcomes, outcomes_path
+from assets.insights.rollups import write_rollups, write_root_causes
 from assets.traces.quality import markdown_table
 from resources import settings
 from resources.warehouse import WarehouseResource
@@ -18,13 +19,16 @@ COMMON = dict(group_name="insights", owners=["team:llmops-platform"], automation
 
 
 class RootCauseConfig(dg.Config):
-    min_support: int = Field(default=5, ge=1, description="Least traces with both the outcome and the dimension.")
-    numeric_threshold: float = Field(default=0.5, description="Numeric feedback below this is a bad outcome.")
-    thresholds: dict[str, float] = Field(default={}, description="Per-feedback thresholds, e.g. {'relevance': 0.6}.")
+    outcomes_file: str | None = Field(default=None, description="Which traces went badly (YAML); default "
+                                      "$LLMOPS_OUTCOMES, else outcomes/outcomes.yaml.")
+    include_evaluations: bool = Field(default=False, description="Also count the traces of evaluation runs "
+                                      "(mlflow.genai.evaluate); by default production traces only.")
 
 
 class ReportConfig(dg.Config):
     reports_dir: str | None = Field(default=None, description="Folder of insights.html; default $LLMOPS_REPORTS_DIR.")
+    include_evaluations: bool = Field(default=False, description="Also report experiments holding only evaluation "
+                                      "traces.")
 
 
 @dg.asset(
@@ -49,14 +53,16 @@ def insights_rollups(context: dg.AssetExecutionContext, warehouse: WarehouseReso
 
 @dg.asset(
     **COMMON, deps=WAREHOUSE_TABLES, pool="duckdb_write", kinds={"duckdb"},
-    description="What goes with bad outcomes: for ERROR traces, each negative boolean feedback and each numeric "
-    "feedback below its threshold, every discovered dimension ranked by NPMI with support counts (table root_causes).",
+    description="What goes with bad outcomes: for each outcome the outcomes file declares (ERROR traces, "
+    "thumbs-down, low scores), every dimension value that goes with it more than chance, ranked by NPMI with support "
+    "counts and named in plain words (table root_causes). Production traces only, unless configured.",
 )
 def root_causes(context: dg.AssetExecutionContext, config: RootCauseConfig,
                 warehouse: WarehouseResource) -> dg.MaterializeResult:
-    rules = OutcomeRules(config.min_support, config.numeric_threshold, dict(config.thresholds))
+    path = Path(config.outcomes_file) if config.outcomes_file else outcomes_path()
+    rules = load_outcomes(path)
     with warehouse.engine(read_only=False).begin() as conn:
-        rows = write_root_causes(conn, rules)
+        rows = write_root_causes(conn, rules, config.include_evaluations)
     top = [r for r in rows if r["rank"] <= 3]
     context.log.info(f"{len(rows)} root-cause rows for {len({(r['experiment_id'], r['outcome']) for r in rows})} outcomes")
     return dg.MaterializeResult(metadata={
@@ -64,10 +70,12 @@ def root_causes(context: dg.AssetExecutionContext, config: RootCauseConfig,
         "outcomes": dg.MetadataValue.int(len({(r["experiment_id"], r["outcome"], r["outcome_value"]) for r in rows})),
         "top_root_causes": dg.MetadataValue.md(markdown_table(
             ["experiment", "outcome", "goes with", "NPMI", "strength", "together / with it"],
-            [(r["experiment_id"], f"{r['outcome']} {r['outcome_value']} ({r['outcome_count']})",
-              f"{r['dimension']} = {r['value']}", f"{r['npmi']:.3f}", f"{r['strength']} {r['direction']}",
-              f"{r['intersection_count']} / {r['count']}") for r in top],
+            [(r["experiment_id"], f"{r['outcome_description']} ({r['outcome_count']})", r["description"],
+              f"{r['npmi']:.3f}", f"{r['strength']} {r['direction']}", f"{r['intersection_count']} / {r['count']}")
+             for r in top],
         )),
+        "outcomes_file": dg.MetadataValue.path(str(path)),
+        "min_support": dg.MetadataValue.int(rules.min_support),
     })
 
 
@@ -79,7 +87,7 @@ def root_causes(context: dg.AssetExecutionContext, config: RootCauseConfig,
 def insights_report(config: ReportConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
     with warehouse.engine(read_only=True).connect() as conn:
         folder = config.reports_dir or os.environ[settings.LLMOPS_REPORTS_DIR]
-        report = render_report(conn, Path(folder).resolve() / "insights.html")
+        report = render_report(conn, Path(folder).resolve() / "insights.html", config.include_evaluations)
     return dg.MaterializeResult(metadata={
         "report": dg.MetadataValue.url(report.path.as_uri()),
         "path": dg.MetadataValue.path(str(report.path)),

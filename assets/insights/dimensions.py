@@ -16,9 +16,9 @@ from pydantic import BaseModel, Field
 
 from assets.insights import registry
 from assets.insights.npmi import Counts, Dimension, calculate_npmi, npmi
-from assets.insights.outcomes import OutcomeRules, outcomes
+from assets.insights.outcomes import load_outcomes, outcomes
 from assets.insights.queries import TRACES, InsightsQuery
-from assets.insights.registry import DimensionInfo, population
+from assets.insights.registry import DimensionInfo, Population, population
 
 Strength = Literal["Strong", "Moderate", "Weak"]
 
@@ -28,8 +28,8 @@ class DimensionsDiscoveryResponse(BaseModel):
 
 
 def dimensions_discovery(conn: sa.Connection, query: InsightsQuery) -> DimensionsDiscoveryResponse:
-    """Every dimension the population's data has; `session` offers the population's bad outcomes."""
-    return DimensionsDiscoveryResponse(data=registry.discover(conn, query, outcomes(conn, query, OutcomeRules())))
+    """Every dimension the population's data has; `session` offers the bad outcomes the outcomes file declares."""
+    return DimensionsDiscoveryResponse(data=registry.discover(conn, query, outcomes(conn, query, load_outcomes())))
 
 
 # --- NPMI between two dimensions ------------------------------------------------------------------------------------
@@ -62,7 +62,7 @@ class IntersectionCount(BaseModel):
     count: int
 
 
-class NpmiRequest(InsightsQuery):
+class NpmiRequest(Population):
     dimension1: Dimension
     dimension2: Dimension
 
@@ -90,7 +90,7 @@ def calculate_dimensions_npmi(conn: sa.Connection, request: NpmiRequest) -> Npmi
 # --- every dimension against one ------------------------------------------------------------------------------------
 
 
-class CorrelationsRequest(InsightsQuery):
+class CorrelationsRequest(Population):
     dimension: Dimension = Field(description="The target, e.g. assessment.user_thumbs = false.")
     limit: int | None = Field(default=10, ge=1, description="Top-k by NPMI; null for all.")
     min_support: int = Field(default=1, ge=1, description="Least traces that have both the target and the dimension.")
@@ -166,9 +166,9 @@ def rank_against(
 
 def correlations(conn: sa.Connection, request: CorrelationsRequest) -> CorrelationsResponse:
     """Every discovered dimension value ranked by NPMI with the target dimension (highest first); `session`
-    candidates are the population's bad outcomes."""
+    candidates are the bad outcomes the outcomes file declares."""
     (response,) = rank_against(conn, request, [request.dimension], request.min_support,
-                               outcomes(conn, request, OutcomeRules()))
+                               outcomes(conn, request, load_outcomes()))
     if request.limit:
         response.data = response.data[: request.limit]
     return response

@@ -7,7 +7,7 @@ in words, which of its values exist in a population (discovery), and its candida
 causes. Discovery, NPMI, correlations, root causes and the filters all read `KINDS`: a new kind is one entry.
 
 A kind is named as is (`status`, `span.type`) or is a family `<kind>.<key>` (`tags.<key>`, keys may hold dots and
-spaces). Every value is a bound parameter.
+spaces). Every value is a bound parameter. Counts leave out evaluation traces unless the query includes them.
 """
 
 from __future__ import annotations
@@ -111,12 +111,27 @@ def _key(key: str) -> str | None:
     return None if "`" in key else f"`{key}`"
 
 
-# --- populations ------------------------------------------------------------------------------------------------------
+# --- populations: production traces unless asked ---------------------------------------------------------------------
+
+
+class Population(InsightsQuery):
+    include_evaluations: bool = Field(
+        default=False, description="Also count the traces of evaluation runs (mlflow.genai.evaluate); by default "
+        "only production traces count.")
+
+
+# MLflow marks a trace made inside a run with that run (metadata `mlflow.sourceRun`): every trace of
+# mlflow.genai.evaluate has it, and MLflow's own online scoring leaves such traces out the same way.
+EVALUATION_TRACES = sa.select(METADATA.c.trace_id).where(METADATA.c.key == "mlflow.sourceRun")
 
 
 def population(query: InsightsQuery, table: sa.TableClause = TRACES) -> list[sa.ColumnElement[bool]]:
-    """The rows of `table` whose trace is counted."""
-    return population_filter(query, table)
+    """The rows of `table` whose trace is counted: in the query's experiments and times, and a production trace
+    unless the query includes evaluations."""
+    conditions = population_filter(query, table)
+    if not (isinstance(query, Population) and query.include_evaluations):
+        conditions.append(table.c.trace_id.not_in(EVALUATION_TRACES))
+    return conditions
 
 
 def _scoped(query: InsightsQuery, table: sa.TableClause) -> tuple[sa.FromClause, list[sa.ColumnElement[bool]]]:
@@ -177,6 +192,7 @@ def _distinct(conn: sa.Connection, query: InsightsQuery, table: sa.TableClause, 
 
 def _rows(query: InsightsQuery, table: sa.TableClause, name: sa.ColumnElement, value: sa.ColumnElement,
           *where: sa.ColumnElement[bool]) -> sa.Select:
+    # Evaluation traces are left out by the caller's join with the counted traces, not here.
     source, scope = _scoped(query, table)
     return (sa.select(table.c.trace_id.label("trace_id"), name.label("name"), value.label("value"))
             .select_from(source).where(*scope, *where).distinct())

@@ -1,8 +1,9 @@
 """The insights report: one self-contained HTML page of Plotly charts, a section per experiment (no Dagster).
 
 Drawn from the daily rollups and `root_causes` the insights assets write: volume, latency and error rate over
-time, the tools with their error rates, the feedback trend, and a heatmap of what goes with each bad outcome.
-plotly.js is inlined once, so the page opens offline and from a file.
+time, the tools with their error rates, the feedback trend, and a heatmap of what goes with each bad outcome, in
+plain words. Experiments holding only evaluation traces are left out unless asked for. plotly.js is inlined once,
+so the page opens offline and from a file.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import plotly.graph_objects as go
 import sqlalchemy as sa
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
+
+from assets.insights.queries import TRACES
+from assets.insights.registry import EVALUATION_TRACES
 
 HEATMAP_DIMENSIONS = 15  # columns of the root-cause heatmap: the dimensions with the highest NPMI anywhere
 
@@ -82,15 +86,13 @@ def _feedback_figure(assessments: pd.DataFrame) -> go.Figure | None:
 def _root_cause_figure(causes: pd.DataFrame) -> go.Figure | None:
     if causes.empty:
         return None
-    causes = causes.assign(outcome_label=causes["outcome"] + " " + causes["outcome_value"],
-                           dimension_label=causes["dimension"] + " = " + causes["value"])
-    top = causes.groupby("dimension_label")["npmi"].max().nlargest(HEATMAP_DIMENSIONS).index
-    grid = causes[causes["dimension_label"].isin(top)].pivot_table(
-        index="outcome_label", columns="dimension_label", values="npmi", aggfunc="max"
+    top = causes.groupby("description")["npmi"].max().nlargest(HEATMAP_DIMENSIONS).index
+    grid = causes[causes["description"].isin(top)].pivot_table(
+        index="outcome_description", columns="description", values="npmi", aggfunc="max"
     ).reindex(columns=list(top))
     figure = go.Figure(go.Heatmap(z=grid.values, x=list(grid.columns), y=list(grid.index), zmin=-1, zmax=1,
                                   colorscale="RdBu_r", colorbar={"title": "NPMI"}, hoverongaps=False))
-    figure.update_layout(title="What goes with bad outcomes (NPMI; blank: below minimum support)",
+    figure.update_layout(title="What goes with bad outcomes (NPMI; blank: below minimum support or not above chance)",
                          xaxis_tickangle=-35, height=420 + 10 * len(grid.index))
     return figure
 
@@ -100,8 +102,8 @@ def _root_cause_table(causes: pd.DataFrame, per_outcome: int = 5) -> str:
         return "<p>No dimension reaches the minimum support yet.</p>"
     top = causes[causes["rank"] <= per_outcome]
     rows = "".join(
-        f"<tr><td>{html.escape(r.outcome)} {html.escape(r.outcome_value)} ({r.outcome_count})</td>"
-        f"<td>{html.escape(r.dimension)} = {html.escape(r.value)}</td><td>{r.npmi:.3f}</td>"
+        f"<tr><td>{html.escape(r.outcome_description)} ({r.outcome_count})</td>"
+        f"<td>{html.escape(r.description)}</td><td>{r.npmi:.3f}</td>"
         f"<td>{html.escape(r.strength)} {html.escape(r.direction)}</td><td>{r.intersection_count} / {r.count}</td></tr>"
         for r in top.itertuples()
     )
@@ -109,9 +111,15 @@ def _root_cause_table(causes: pd.DataFrame, per_outcome: int = 5) -> str:
             f"<th>together / with the dimension</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
-def render_report(conn: sa.Connection, path: Path) -> Report:
-    """Write the report for every experiment in the rollups to `path`."""
-    experiments = list(conn.execute(sa.text("SELECT DISTINCT experiment_id FROM insights_traffic_daily ORDER BY 1")).scalars())
+def render_report(conn: sa.Connection, path: Path, include_evaluations: bool = False) -> Report:
+    """Write the report for every experiment in the rollups to `path`; those holding only evaluation traces only
+    with `include_evaluations`."""
+    daily = sa.table("insights_traffic_daily", sa.column("experiment_id"))
+    select = sa.select(daily.c.experiment_id).distinct().order_by(daily.c.experiment_id)
+    if not include_evaluations:
+        select = select.where(daily.c.experiment_id.in_(
+            sa.select(TRACES.c.experiment_id).where(TRACES.c.trace_id.not_in(EVALUATION_TRACES))))
+    experiments = list(conn.execute(select).scalars())
     sections, charts = [], 0
     for experiment_id in experiments:
         traffic = _frame(conn, "SELECT * FROM insights_traffic_daily WHERE experiment_id = :experiment_id "

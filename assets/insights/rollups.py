@@ -1,9 +1,10 @@
 """Tables the insights assets write into the warehouse: hourly and daily rollups, and `root_causes` (no Dagster).
 
 Rollups hold, per experiment and UTC bucket, what the insights API computes on the fly, so dashboards and SQL
-users read small tables. `root_causes` answers "what goes with bad outcomes": for each outcome (status ERROR,
-each boolean feedback = false, each numeric feedback below its threshold) every discovered dimension value
-ranked by NPMI, with support counts. Both are rebuilt whole in one transaction at each materialization.
+users read small tables. `root_causes` answers "what goes with bad outcomes": for each outcome the outcomes file
+declares (assets/insights/outcomes.py), every dimension value that goes with it more than chance, at least
+`min_support` times, ranked by NPMI and named in plain words. Both are rebuilt whole in one transaction at each
+materialization.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 
 import sqlalchemy as sa
 
+from assets.insights import registry
 from assets.insights.breakdowns import TEXT_VALUE, TOOL_SPAN, USER_TAG, tool_measures
 from assets.insights.dimensions import CorrelationsResponse, rank_against
 from assets.insights.outcomes import OutcomeRules, outcomes
@@ -21,7 +23,6 @@ from assets.insights.queries import (
     TAGS,
     TRACES,
     VALID_FEEDBACK,
-    InsightsQuery,
     TimeBucket,
     bucket_column,
     latency_measures,
@@ -29,6 +30,7 @@ from assets.insights.queries import (
     token_measures,
     volume_measures,
 )
+from assets.insights.registry import Dimension, Population
 
 GRAINS = {TimeBucket.hour: "hourly", TimeBucket.day: "daily"}
 
@@ -78,50 +80,58 @@ def write_rollups(conn: sa.Connection) -> dict[str, int]:
     return rows
 
 
-ROOT_CAUSES = sa.table(
-    "root_causes", *(sa.column(name) for name in (
-        "experiment_id", "outcome", "outcome_value", "outcome_count", "total_count", "rank", "dimension", "value",
-        "parameters", "count", "intersection_count", "npmi", "npmi_smoothed", "strength", "direction",
-    ))
-)
-ROOT_CAUSES_DDL = """
-CREATE OR REPLACE TABLE root_causes (
-    experiment_id VARCHAR NOT NULL, outcome VARCHAR NOT NULL, outcome_value VARCHAR NOT NULL,
-    outcome_count BIGINT NOT NULL, total_count BIGINT NOT NULL, rank INTEGER NOT NULL,
-    dimension VARCHAR NOT NULL, value VARCHAR NOT NULL, parameters VARCHAR NOT NULL,
-    count BIGINT NOT NULL, intersection_count BIGINT NOT NULL, npmi DOUBLE NOT NULL, npmi_smoothed DOUBLE,
-    strength VARCHAR NOT NULL, direction VARCHAR NOT NULL
-)
-"""
+ROOT_CAUSES_COLUMNS = {
+    "experiment_id": "VARCHAR NOT NULL",
+    "outcome": "VARCHAR NOT NULL", "outcome_value": "VARCHAR NOT NULL",
+    "outcome_description": "VARCHAR NOT NULL",  # in plain words: "user_thumbs is false"
+    "outcome_parameters": "VARCHAR NOT NULL", "outcome_filter": "VARCHAR",  # JSON; MLflow's search filter
+    "outcome_count": "BIGINT NOT NULL", "total_count": "BIGINT NOT NULL", "rank": "INTEGER NOT NULL",
+    "dimension": "VARCHAR NOT NULL", "value": "VARCHAR NOT NULL",
+    "description": "VARCHAR NOT NULL",  # in plain words: "tool web.fetch failed"
+    "parameters": "VARCHAR NOT NULL", "mlflow_filter": "VARCHAR",  # JSON, ready for calculate-npmi; MLflow's filter
+    "count": "BIGINT NOT NULL", "intersection_count": "BIGINT NOT NULL", "npmi": "DOUBLE NOT NULL",
+    "npmi_smoothed": "DOUBLE", "strength": "VARCHAR NOT NULL", "direction": "VARCHAR NOT NULL",
+}
+ROOT_CAUSES = sa.table("root_causes", *(sa.column(name) for name in ROOT_CAUSES_COLUMNS))
+ROOT_CAUSES_DDL = "CREATE OR REPLACE TABLE root_causes ({})".format(
+    ", ".join(f"{name} {kind}" for name, kind in ROOT_CAUSES_COLUMNS.items()))
 
 
-def root_cause_rows(experiment_id: str, ranked: CorrelationsResponse) -> list[dict]:
+def root_cause_rows(experiment_id: str, outcome: Dimension, ranked: CorrelationsResponse) -> list[dict]:
     """The positively associated dimension values only: a value that goes with the outcome no more than chance
     (NPMI <= 0, e.g. a span type every trace has) is no cause."""
     causes = [found for found in ranked.data if (found.correlation.npmi_score or 0) > 0]
+    about = {
+        "experiment_id": experiment_id, "outcome": outcome.name, "outcome_value": ranked.dimension.value,
+        "outcome_description": registry.phrase(outcome),
+        "outcome_parameters": json.dumps(outcome.parameters, sort_keys=True),
+        "outcome_filter": registry.mlflow_filter_string(outcome), "outcome_count": ranked.dimension.count,
+        "total_count": ranked.total_count,
+    }
     return [
         {
-            "experiment_id": experiment_id, "outcome": ranked.dimension.name, "outcome_value": ranked.dimension.value,
-            "outcome_count": ranked.dimension.count, "total_count": ranked.total_count, "rank": rank,
-            "dimension": found.dimension.name, "value": found.value,
-            "parameters": json.dumps(found.dimension.parameters, sort_keys=True), "count": found.count,
-            "intersection_count": found.intersection_count, "npmi": found.correlation.npmi_score,
-            "npmi_smoothed": found.correlation.npmi_smoothed, "strength": found.correlation.strength,
-            "direction": found.correlation.direction,
+            **about, "rank": rank, "dimension": found.dimension.name, "value": found.value,
+            "description": found.description, "parameters": json.dumps(found.dimension.parameters, sort_keys=True),
+            "mlflow_filter": found.mlflow_filter, "count": found.count, "intersection_count": found.intersection_count,
+            "npmi": found.correlation.npmi_score, "npmi_smoothed": found.correlation.npmi_smoothed,
+            "strength": found.correlation.strength, "direction": found.correlation.direction,
         }
         for rank, found in enumerate(causes, start=1)
     ]
 
 
-def write_root_causes(conn: sa.Connection, rules: OutcomeRules) -> list[dict]:
-    """Rank every dimension against every outcome, per experiment; rebuild `root_causes` (caller's transaction)."""
+def write_root_causes(conn: sa.Connection, rules: OutcomeRules, include_evaluations: bool = False) -> list[dict]:
+    """Rank every dimension against every declared outcome, per experiment, keeping the values that go with it at
+    least `rules.min_support` times; rebuild `root_causes` (caller's transaction). Evaluation traces count only
+    with `include_evaluations`."""
     rows: list[dict] = []
     experiments = conn.execute(sa.select(TRACES.c.experiment_id).distinct().order_by(TRACES.c.experiment_id)).scalars()
     for experiment_id in list(experiments):
-        query = InsightsQuery(experiment_ids=[experiment_id])
-        targets = outcomes(conn, query, rules)
-        for ranked in rank_against(conn, query, targets, rules.min_support):
-            rows.extend(root_cause_rows(experiment_id, ranked))
+        query = Population(experiment_ids=[experiment_id], include_evaluations=include_evaluations)
+        if not (targets := outcomes(conn, query, rules)):
+            continue  # nothing went badly (or only evaluation traces did)
+        for target, ranked in zip(targets, rank_against(conn, query, targets, rules.min_support)):
+            rows.extend(root_cause_rows(experiment_id, target, ranked))
     conn.exec_driver_sql(ROOT_CAUSES_DDL)
     if rows:
         conn.execute(ROOT_CAUSES.insert(), rows)
