@@ -26,6 +26,7 @@ _TYPES = {
     "input_tokens": pa.int64(), "output_tokens": pa.int64(), "total_tokens": pa.int64(),
     "input_cost": pa.float64(), "output_cost": pa.float64(), "total_cost": pa.float64(), "db_payload_generation": pa.int64(),
     "cache_read_input_tokens": pa.int64(), "cache_creation_input_tokens": pa.int64(),
+    "cache_creation_input_tokens_above_1hr": pa.int64(),
     "creation_time": pa.int64(), "last_update_time": pa.int64(),
     "start_time_unix_nano": pa.int64(), "end_time_unix_nano": pa.int64(),
     "created_timestamp": pa.int64(), "last_updated_timestamp": pa.int64(), "valid": pa.bool_(),
@@ -57,7 +58,7 @@ def trace_info_rows(info: TraceInfo) -> dict[str, list[dict]]:
             "response_preview": info.response_preview, "trace_name": info.tags.get("mlflow.traceName"),
             "session_id": meta.get("mlflow.trace.session"),
             **{k: usage.get(k) for k in ("input_tokens", "output_tokens", "total_tokens", "cache_read_input_tokens",
-                                         "cache_creation_input_tokens")},
+                                         "cache_creation_input_tokens", "cache_creation_input_tokens_above_1hr")},
             **{k: cost.get(k) for k in ("input_cost", "output_cost", "total_cost")},
             # Not in MLflow's API: spans added to a trace later are seen only with other changes (README).
             "db_payload_generation": None,

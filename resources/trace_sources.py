@@ -24,7 +24,7 @@ RAW_COLUMNS: dict[str, tuple[str, ...]] = {
         "request_id", "experiment_id", "timestamp_ms", "execution_time_ms", "status", "client_request_id",
         "request_preview", "response_preview", "trace_name", "session_id", "input_tokens", "output_tokens",
         "total_tokens", "input_cost", "output_cost", "total_cost", "db_payload_generation", "cache_read_input_tokens",
-        "cache_creation_input_tokens",
+        "cache_creation_input_tokens", "cache_creation_input_tokens_above_1hr",
     ),
     "spans": (
         "trace_id", "experiment_id", "span_id", "parent_span_id", "name", "type", "status",

@@ -178,11 +178,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE traces ADD COLUMN cache_creation_input_tokens BIGINT;
     UPDATE _trace_state SET fingerprint = 0;
     """,
-    # 8: what MLflow's trace metrics and search filters read: each span's input/output cost and, for a failed
+    # 8: what MLflow's trace metrics and search filters read: the trace's cache-creation tokens for caches kept
+    # over an hour (part of MLflow's token usage), each span's input/output cost and, for a failed
     # span, the type of the exception that failed it; each assessment's metadata (a session-scoped assessment
     # names its session there) and MLflow's numeric reading of its value (booleans and yes/no as 1/0). Every
     # trace is copied again once to fill them.
     """
+    ALTER TABLE traces ADD COLUMN cache_creation_input_tokens_above_1hr BIGINT;
     ALTER TABLE spans ADD COLUMN input_cost DOUBLE;
     ALTER TABLE spans ADD COLUMN output_cost DOUBLE;
     ALTER TABLE spans ADD COLUMN exception_type VARCHAR;

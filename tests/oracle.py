@@ -36,6 +36,7 @@ def mlflow_rows(uri: str, experiment_ids: list[str]) -> dict[str, set]:
             usage.get("input_tokens"), usage.get("output_tokens"), usage.get("total_tokens"),
             _round(cost.get("total_cost")), info.request_preview, info.response_preview,
             meta.get("mlflow.trace.user"), usage.get("cache_read_input_tokens"), usage.get("cache_creation_input_tokens"),
+            usage.get("cache_creation_input_tokens_above_1hr"),
         ))
         for span in trace.data.spans:
             span_usage = span.get_attribute("mlflow.chat.tokenUsage") or {}
@@ -81,7 +82,8 @@ def warehouse_rows(path: str) -> dict[str, set]:
                 for row in q("""SELECT trace_id, experiment_id, timestamp_ms, execution_time_ms, status,
                                 client_request_id, trace_name, session_id, input_tokens, output_tokens,
                                 total_tokens, total_cost, request_preview, response_preview, user_id,
-                                cache_read_input_tokens, cache_creation_input_tokens FROM traces""")
+                                cache_read_input_tokens, cache_creation_input_tokens,
+                                cache_creation_input_tokens_above_1hr FROM traces""")
             },
             "spans": q("""SELECT trace_id, span_id, parent_span_id, name, span_type, status, start_time_ns,
                           end_time_ns, model_name, input_tokens, total_tokens, input_cost, output_cost,
@@ -135,7 +137,8 @@ UNDO_MIGRATION = {
     6: [],  # data only
     7: ["DROP TABLE experiments", "ALTER TABLE traces DROP COLUMN user_id",
         "ALTER TABLE traces DROP COLUMN cache_read_input_tokens", "ALTER TABLE traces DROP COLUMN cache_creation_input_tokens"],
-    8: [*(f"ALTER TABLE spans DROP COLUMN {c}" for c in ("input_cost", "output_cost", "exception_type")),
+    8: ["ALTER TABLE traces DROP COLUMN cache_creation_input_tokens_above_1hr",
+        *(f"ALTER TABLE spans DROP COLUMN {c}" for c in ("input_cost", "output_cost", "exception_type")),
         *(f"ALTER TABLE assessments DROP COLUMN {c}" for c in ("metadata_json", "aggregate_value", "is_numeric_value"))],
 }
 

@@ -1325,10 +1325,7 @@ def test_time_buckets_hourly_like_mlflow(case: Case, stores: Stores, warehouse):
     Case("token_usage_metadata_filter", "reserved_keys",
          query(TRACES, TRACE_COUNT, COUNT, dimensions=[TRACE_NAME], filters=[
              f"trace.metadata.`{TOKEN_USAGE}` = '{json.dumps(tokens(10, 5, 15))}'"]),
-         [({TRACE_NAME: "chat"}, {"COUNT": 1}), ({TRACE_NAME: "search"}, {"COUNT": 1})],
-         marks=[pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-             "MLflow's get_trace_analytics_metadata_filter reads every token column of TOKEN_COLUMN_BY_KEY, "
-             "cache_creation_input_tokens_above_1hr included, which the warehouse's traces table lacks"))]),
+         [({TRACE_NAME: "chat"}, {"COUNT": 1}), ({TRACE_NAME: "search"}, {"COUNT": 1})]),
     Case("user_metadata_filter", "reserved_keys",
          query(TRACES, TRACE_COUNT, COUNT, filters=["trace.metadata.`mlflow.trace.user` = 'alice'"]),
          [({}, {"COUNT": 2})]),
@@ -1369,9 +1366,6 @@ def test_source_run_filter_matches_metadata_and_linked_traces(stores: Stores, wa
         assert rows(warehouse.query_trace_metrics(**kwargs)) == approx_rows(theirs)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the warehouse rounds trace costs to 1e-12 (0.30000000000000004 is 0.3), so MLflow's exact cost JSON "
-    "matches no trace there (span_count 0, not 3)"))
 def test_cost_metadata_filter_matches_mlflows_exact_float_sums(stores: Stores, warehouse):
     """Not in MLflow's file: `trace.metadata.mlflow.trace.cost` compares the trace's cost columns with the
     JSON MLflow reports for them, float for float (0.1 + 0.2 is 0.30000000000000004)."""

@@ -88,7 +88,7 @@ def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
                    execution_time_ms, status, client_request_id, trace_name, session_id, input_tokens,
                    output_tokens, total_tokens, round(input_cost, 12), round(output_cost, 12),
                    round(total_cost, 12), request_preview, response_preview, user_value,
-                   cache_read_input_tokens, cache_creation_input_tokens
+                   cache_read_input_tokens, cache_creation_input_tokens, cache_creation_input_tokens_above_1hr
             FROM {rel('trace_info')} LEFT JOIN (
                 SELECT request_id AS user_trace_id, any_value(value) AS user_value FROM {rel('trace_request_metadata')}
                 WHERE key = '{TRACE_USER_METADATA}' GROUP BY 1
