@@ -29,11 +29,11 @@ import sqlalchemy as sa
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from google.protobuf.json_format import ParseError
+from google.protobuf.json_format import ParseDict, ParseError
 from google.protobuf.message import Message
 from mlflow.exceptions import MlflowException
 from mlflow.protos.service_pb2 import CalculateTraceFilterCorrelation, QueryTraceMetrics
-from mlflow.utils.proto_json_utils import message_to_json, parse_dict
+from mlflow.utils.proto_json_utils import message_to_json
 from starlette.concurrency import run_in_threadpool
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
@@ -124,9 +124,11 @@ def mlflow_request(body: bytes, message: Message, required: tuple[str, ...]) -> 
             raise invalid(f"Missing value for required parameter '{name}'. See the API docs for more information "
                           "about request parameters.")
     try:
-        parse_dict(fields, message)  # fills `message` in place
+        # Strict, unlike MLflow's server: an unknown field or enum name (`"view_type": "TRACE"`) is an error,
+        # not silently the default.
+        ParseDict(fields, message)
     except ParseError as error:
-        raise invalid(f"Invalid request: {error}") from None
+        raise invalid(f"Invalid request: {shown(str(error), 300)}") from None
     return message
 
 

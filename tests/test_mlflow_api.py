@@ -18,18 +18,24 @@ from mlflow.tracing.analysis import TraceFilterCorrelationResult
 from mlflow.utils.rest_utils import MlflowHostCreds
 
 from assets.insights.trace_metrics import WarehouseTraceStore
-from tests.conftest import Store, llmops_serve
+from tests.conftest import Store, llmops_serve, post_status
 
 DAY_S = 86_400
 EVERYTHING = {"start_time_ms": 0, "end_time_ms": 4_102_444_800_000}  # 1970 to 2100
 
 
 @pytest.fixture(scope="module")
-def rest_store(warehouse: sa.Engine, tmp_path_factory) -> RestStore:
+def api_url(warehouse: sa.Engine, tmp_path_factory) -> str:
     with llmops_serve({"LLMOPS_HOME": str(tmp_path_factory.mktemp("home")),
-                       "LLMOPS_DUCKDB_PATH": warehouse.url.database}) as url, pytest.MonkeyPatch.context() as env:
+                       "LLMOPS_DUCKDB_PATH": warehouse.url.database}) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def rest_store(api_url: str) -> RestStore:
+    with pytest.MonkeyPatch.context() as env:
         env.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a server error fails the test at once
-        yield RestStore(lambda: MlflowHostCreds(url))
+        yield RestStore(lambda: MlflowHostCreds(api_url))
 
 
 def _aggregations(types) -> list[MetricAggregation]:
@@ -190,3 +196,16 @@ def test_a_filter_the_warehouse_cannot_answer_is_invalid_parameter_value(rest_st
         rest_store.calculate_trace_filter_correlation([seeded_store.experiment_id], "span.attributes.x = 'y'",
                                                       "attributes.status = 'ERROR'")
     assert raised.value.error_code == "INVALID_PARAMETER_VALUE" and "span.attributes" in raised.value.message
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"view_type": "TRACES", "metric_name": "trace_count", "aggregations": [{"aggregation_type": "COUNT"}]},
+     "Missing value for required parameter 'experiment_ids'"),
+    ({"experiment_ids": ["1"], "view_type": "TRACE", "metric_name": "trace_count",
+      "aggregations": [{"aggregation_type": "COUNT"}]}, "Invalid enum value TRACE"),
+    ({"experiment_ids": ["1"], "view_type": "TRACES", "metric_name": "trace_count",
+      "aggregations": [{"aggregation_type": "COUNT"}], "max_result": 5}, "no field named \"max_result\""),
+], ids=["missing-experiments", "unknown-view-type", "misspelt-field"])
+def test_a_malformed_request_is_a_400_naming_the_field(body, message, api_url: str):
+    status, answer = post_status(f"{api_url}/api/3.0/mlflow/traces/metrics", body)
+    assert (status, answer["error_code"]) == (400, "INVALID_PARAMETER_VALUE") and message in answer["message"]
