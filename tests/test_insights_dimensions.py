@@ -220,7 +220,7 @@ class QuotaExceeded_(Exception):  # noqa: N801 - an exception type whose name ML
 def varied(empty_store_file: Path, tmp_path_factory) -> tuple[Store, sa.Engine, SqlAlchemyStore]:
     """Traces with what the demo lacks: three users (one with a quote), sessions and traces without one, user
     metadata, two models (with regex characters), two trace names, a tool failing with three exception types, tags,
-    thumbs. Returns the store, its warehouse and MLflow's own store over it."""
+    thumbs and feedback on a whole session. Returns the store, its warehouse and MLflow's own store over it."""
     folder = tmp_path_factory.mktemp("varied")
     path = Path(shutil.copyfile(empty_store_file, folder / "mlflow.db"))
     uri = f"sqlite:///{path}"
@@ -253,6 +253,9 @@ def varied(empty_store_file: Path, tmp_path_factory) -> tuple[Store, sa.Engine, 
     human = AssessmentSource(AssessmentSourceType.HUMAN, "user-1")
     for i, thumbs in {0: True, 1: False, 2: True, 3: True, 4: False, 7: False}.items():
         mlflow.log_feedback(trace_id=trace_ids_[i], name="user_thumbs", value=thumbs, source=human)
+    # one verdict on a whole conversation (session s0: traces 0, 4, 8), logged on one of its traces
+    mlflow.log_feedback(trace_id=trace_ids_[4], name="session_resolved", value=False, source=human,
+                        metadata={"mlflow.trace.session": "s0"})
     warehouse_path = str(folder / "warehouse.duckdb")
     extract_traces(SqlTrackingStore(uri), warehouse_path)
     engine = sa.create_engine(f"duckdb:///{warehouse_path}", connect_args={"read_only": True})
@@ -292,7 +295,7 @@ def test_every_discovered_value_selects_the_traces_mlflows_search_selects(varied
         for info in found:
             for dimension in _examples(info):
                 ours = _selected(conn, query, dimension)
-                assert ours, dimension
+                assert ours or info.parameters[0].type == "boolean", dimension  # discovery offers both booleans
                 mlflow_filter = mlflow_filter_string(dimension)
                 if mlflow_filter is None:
                     assert info.mlflow_limits, dimension  # the registry says what MLflow cannot express
@@ -306,6 +309,25 @@ def test_every_discovered_value_selects_the_traces_mlflows_search_selects(varied
     assert {"user", "trace_name", "model", "error.type", "span.name", "metadata.app.version", "session"} <= names
     errors = next(info for info in found if info.name == "error.type").parameters[0].enum_values
     assert errors == ["KeyError", "QuotaExceeded_", "ValueError"]
+
+
+def test_feedback_on_a_session_is_about_every_trace_of_it_in_correlations_too(varied):
+    store, engine, mlflow_store = varied
+    query = InsightsQuery(experiment_ids=[store.experiment_id])
+    resolved = Dimension(name="assessment.session_resolved", parameters={"value": False})
+    with engine.connect() as conn:
+        assert _selected(conn, query, resolved) == _searched(mlflow_store, store.experiment_id,
+                                                             "feedback.session_resolved = 'false'") == {
+            store.trace_ids[i] for i in (0, 4, 8)}
+        for target in (resolved, Dimension(name="assessment.user_thumbs", parameters={"value": False})):
+            ranked = correlations(conn, CorrelationsRequest(experiment_ids=[store.experiment_id], dimension=target,
+                                                            limit=None))
+            assert ranked.data and ranked.dimension.count == len(_selected(conn, query, target))
+            for candidate in ranked.data:  # one pass over the candidates counts what each selector selects
+                pair = calculate_npmi(conn, query, target, candidate.dimension)
+                assert (pair.dimension2_count, pair.joint_count) == (candidate.count, candidate.intersection_count), (
+                    candidate.dimension)
+    assert any(c.dimension == resolved for c in ranked.data)  # against thumbs-down: trace 4 has both
 
 
 def test_sessions_with_a_thumbs_down_are_every_trace_of_those_sessions(varied):

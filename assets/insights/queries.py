@@ -35,7 +35,7 @@ ASSESSMENTS = sa.table(
     "assessments", sa.column("assessment_id"), sa.column("trace_id"), sa.column("experiment_id"),
     sa.column("trace_timestamp_ms"), sa.column("name"), sa.column("assessment_type"), sa.column("valid"),
     sa.column("value_type"), sa.column("value_json"), sa.column("bool_value"), sa.column("numeric_value"),
-    sa.column("string_value"), sa.column("source_type"),
+    sa.column("string_value"), sa.column("source_type"), sa.column("metadata_json"),
 )
 # Feedback that counts: assessments of type feedback that no later assessment overrode (as MLflow's metrics).
 # Feedback that counts: not overridden, and with a value (a failed judge run logs JSON null with its error:

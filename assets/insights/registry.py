@@ -35,6 +35,7 @@ from assets.insights.queries import (
     population_filter,
 )
 
+SESSION_SCOPED = '"mlflow.trace.session":'  # in an assessment's metadata: it is about the whole session (MLflow's test)
 OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "=": operator.eq}
 ENUM_LIMIT = 50  # a dimension with at most this many values lists them as enum_values
 TOOL_STATES = ["used", "error", "success"]
@@ -218,7 +219,7 @@ class Kind:
     family: bool = False
     mlflow_limits: str | None = None  # what MLflow's search filter cannot express, if anything
 
-    def trace_ids(self, dimension: Dimension, key: str | None) -> sa.Select:
+    def trace_ids(self, dimension: Dimension, key: str | None) -> sa.Select | sa.CompoundSelect:
         """The trace ids the dimension selects (over all traces; the caller applies the population)."""
         raise NotImplementedError
 
@@ -416,12 +417,27 @@ class AssessmentKind(Kind):
 
     numeric_quantile: float
 
-    def trace_ids(self, dimension: Dimension, key: str | None) -> sa.Select:
+    @staticmethod
+    def about(columns: list[sa.ColumnElement], *where: sa.ColumnElement[bool]) -> sa.CompoundSelect:
+        """(trace_id, *columns) of the valid feedback matching `where`, for each trace it is about: the trace it
+        is logged on and, for feedback on a whole conversation (its metadata names the session, MLflow's
+        session-scoped assessments), every trace of that session in its experiment, as MLflow's search counts it."""
+        logged_on, about = TRACES.alias("logged_on"), TRACES.alias("about")
+        session = sa.and_(about.c.experiment_id == logged_on.c.experiment_id,
+                          about.c.session_id == logged_on.c.session_id)
+        return sa.union(
+            sa.select(ASSESSMENTS.c.trace_id.label("trace_id"), *columns).where(VALID_FEEDBACK, *where),
+            sa.select(about.c.trace_id, *columns)
+            .select_from(ASSESSMENTS.join(logged_on, logged_on.c.trace_id == ASSESSMENTS.c.trace_id).join(about, session))
+            .where(VALID_FEEDBACK, *where, ASSESSMENTS.c.metadata_json.contains(SESSION_SCOPED)),
+        )
+
+    def trace_ids(self, dimension: Dimension, key: str | None) -> sa.CompoundSelect:
         if "threshold" in dimension.parameters:
             condition = _compare(dimension, ASSESSMENTS.c.numeric_value)
         else:
             condition = _feedback_value(_param(dimension, "value"))
-        return sa.select(ASSESSMENTS.c.trace_id).where(VALID_FEEDBACK, ASSESSMENTS.c.name == key, condition)
+        return self.about([], ASSESSMENTS.c.name == key, condition)
 
     def mlflow_filter(self, dimension: Dimension, key: str | None) -> str | None:
         if (name := _key(key)) is None:
@@ -455,12 +471,14 @@ class AssessmentKind(Kind):
     def candidates(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Facts]:
         types = {info.name: info.assessment_type for info in assessments_discovery(conn, query).data}
         name = sa.literal("assessment.") + ASSESSMENTS.c.name
+        # Sessions are per experiment; the traces' times are applied by the caller's join with the counted traces.
+        in_experiments = (ASSESSMENTS.c.experiment_id.in_(query.experiment_ids),)
         found = []
         if categorical := [feedback for feedback, kind in types.items() if kind != "numeric"]:
             text = sa.case((ASSESSMENTS.c.value_type == "boolean", sa.cast(ASSESSMENTS.c.bool_value, sa.String)),
                            else_=TEXT_VALUE)
-            rows = _rows(query, ASSESSMENTS, name, text, VALID_FEEDBACK, ASSESSMENTS.c.name.in_(categorical),
-                         ASSESSMENTS.c.value_type.in_(["boolean", "string"]))
+            rows = self.about([name.label("name"), text.label("value")], *in_experiments,
+                              ASSESSMENTS.c.name.in_(categorical), ASSESSMENTS.c.value_type.in_(["boolean", "string"]))
 
             def parameters(name: str, value: str) -> dict[str, Any]:
                 boolean = types[name.removeprefix("assessment.")] == "boolean"
@@ -468,11 +486,12 @@ class AssessmentKind(Kind):
 
             found.append(Facts(rows, parameters))
         for feedback in (feedback for feedback, kind in types.items() if kind == "numeric"):
-            where = (VALID_FEEDBACK, ASSESSMENTS.c.name == feedback)
-            low = _quantile(conn, query, self.numeric_quantile, ASSESSMENTS.c.numeric_value, *where)
+            low = _quantile(conn, query, self.numeric_quantile, ASSESSMENTS.c.numeric_value, VALID_FEEDBACK,
+                            ASSESSMENTS.c.name == feedback)
             if low is not None:
-                rows = _rows(query, ASSESSMENTS, sa.literal(f"assessment.{feedback}"), sa.literal(f"< {low:g}"), *where,
-                             ASSESSMENTS.c.numeric_value < low)
+                rows = self.about([sa.literal(f"assessment.{feedback}").label("name"),
+                                   sa.literal(f"< {low:g}").label("value")],
+                                  *in_experiments, ASSESSMENTS.c.name == feedback, ASSESSMENTS.c.numeric_value < low)
                 found.append(Facts(rows, lambda _name, _value, low=low: {"threshold": low, "operator": "<"}))
         return found
 
@@ -580,7 +599,7 @@ def kind_of(name: str) -> tuple[Kind, str | None]:
     return kind, key
 
 
-def trace_ids(dimension: Dimension) -> sa.Select:
+def trace_ids(dimension: Dimension) -> sa.Select | sa.CompoundSelect:
     """The trace ids a dimension selects (over all traces; the population is applied by the caller)."""
     kind, key = kind_of(dimension.name)
     return kind.trace_ids(dimension, key)
