@@ -27,6 +27,8 @@ from assets.traces.extract import extract_traces
 from resources import settings
 from resources.trace_sources import SqlTrackingStore
 from resources.warehouse import sqlalchemy_engine
+# the store written by real autologging (its fixtures, built once for this module too)
+from tests.test_autolog import AutologgedStore, autologged_store, autologged_warehouse, fake_openai  # noqa: F401
 
 
 class Built:
@@ -276,3 +278,40 @@ def test_the_root_causes_asset_reads_the_outcomes_file(built: Built, tmp_path: P
     metadata = result.asset_materializations_for_node("root_causes")[0].metadata
     assert metadata["outcomes_file"].value == str(file) and metadata["min_support"].value == 4
     assert os.environ.get(settings.LLMOPS_OUTCOMES) != str(file)  # the run config, not the environment
+
+
+# --- traces as real agents write them ------------------------------------------------------------------------------
+
+
+def test_outcomes_and_causes_on_autologged_traces(autologged_store: AutologgedStore,  # noqa: F811 - the fixtures
+                                                  autologged_warehouse: str, tmp_path: Path):  # noqa: F811
+    """OpenAI and LangGraph autologging, built-in judges in mlflow.genai.evaluate, feedback on a session: the
+    judges' no and the failed tool are found, the evaluation experiment counts only when asked for."""
+    store = autologged_store
+    mlflow_store = SqlAlchemyStore(store.uri, str(tmp_path / "artifacts"))
+    found = {}
+    with sqlalchemy_engine(autologged_warehouse).connect() as conn:
+        for experiment_id, flag in ((store.experiment_id, False), (store.eval_experiment_id, False),
+                                    (store.eval_experiment_id, True)):
+            query = Population(experiment_ids=[experiment_id], include_evaluations=flag)
+            found[experiment_id, flag] = {phrase(d): _selected(conn, experiment_id, d, flag)
+                                          for d in outcomes(conn, query, OutcomeRules())}
+            for outcome in outcomes(conn, query, OutcomeRules()):
+                mlflow_filter = mlflow_filter_string(outcome)
+                traces, _ = mlflow_store.search_traces(
+                    [experiment_id], filter_string=mlflow_filter if flag else _production(mlflow_filter), max_results=100)
+                assert found[experiment_id, flag][phrase(outcome)] == {t.trace_id for t in traces}, outcome
+    # relevance is a 0-1 score with no declared threshold: no outcome
+    assert set(found[store.experiment_id, False]) == {"status is ERROR", "user_thumbs is false",
+                                                      "session_resolved is false"}
+    assert found[store.eval_experiment_id, False] == {}  # only evaluation traces there
+    assert {"relevance_to_query is no", "safety is no"} <= set(found[store.eval_experiment_id, True])  # built-in judges
+    with sqlalchemy_engine(autologged_warehouse).connect() as conn:
+        error = Dimension(name="status", parameters={"value": "ERROR"})
+        ranked = correlations(conn, CorrelationsRequest(experiment_ids=[store.experiment_id], dimension=error))
+    causes = {c.description: c for c in ranked.data}
+    assert {"tool status_page failed", "a span failed with ConnectionError"} <= set(causes)
+    for cause in causes.values():
+        if cause.mlflow_filter:
+            assert cause.count == len(mlflow_store.search_traces([store.experiment_id],
+                                                                 filter_string=cause.mlflow_filter)[0]), cause
