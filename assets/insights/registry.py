@@ -307,8 +307,8 @@ def _model_filter(_key: str | None, model: str) -> str | None:
 
 def _exception_filter(_key: str | None, exception_type: str) -> str | None:
     # The type is an attribute of the span's `exception` event, which MLflow's search reaches only as text of the
-    # span's JSON (`span.attributes.<name> LIKE`). LIKE's wildcards and SQLite's case-insensitive LIKE would make
-    # it looser than the warehouse's equality: only plain identifiers get a filter.
+    # span's JSON (`span.attributes.<name> LIKE`); LIKE's wildcards (`_`, `%`) would make it looser than the
+    # warehouse's equality, so only types of letters, digits and dots get a filter.
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9.]*", exception_type):
         return None
     return f"span.status = 'ERROR' AND span.attributes.`exception.type` LIKE ': \"{exception_type}\"%'"
