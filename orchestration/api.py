@@ -43,6 +43,7 @@ from assets.insights import breakdowns, dimensions, queries, trace_metrics
 from assets.insights.npmi import DimensionError
 from assets.insights.queries import InsightsQuery, known_experiments
 from assets.labeling.feedback import FeedbackError, FeedbackLinker, FeedbackRequest, FeedbackResponse
+from assets.yaml_files import InvalidFilesError
 from resources.warehouse import attached_engine
 
 PREFIX = "/api/3.0/mlflow/traces/insights"
@@ -96,6 +97,9 @@ def api_error(exc: Exception) -> ApiError:
         return ApiError(exc.error_code, str(exc))
     if isinstance(exc, DimensionError):
         return invalid(str(exc))
+    if isinstance(exc, InvalidFilesError):  # the server's own files (the outcomes file): the operator's to fix
+        log.error("%s", exc)
+        return ApiError("INTERNAL_ERROR", f"The server's configuration is invalid: {exc}")
     if isinstance(exc, MlflowException):  # the MLflow-compatible routes answer with MLflow's own codes
         return ApiError(exc.error_code, exc.message, exc.get_http_status_code())
     if isinstance(exc, RequestValidationError):
@@ -286,8 +290,8 @@ def create_app(warehouse_path: str, tracking_uri: str | None = None, *, token: s
     async def _error(_request: Request, exc: Exception) -> JSONResponse:
         return error_response(api_error(exc))
 
-    for kind in (ApiError, FeedbackError, DimensionError, MlflowException, RequestValidationError, HTTPException,
-                 Exception):
+    for kind in (ApiError, FeedbackError, DimensionError, InvalidFilesError, MlflowException, RequestValidationError,
+                 HTTPException, Exception):
         app.add_exception_handler(kind, _error)
 
     @app.get("/health", include_in_schema=False)

@@ -27,7 +27,7 @@ _TYPES = {
     "input_cost": pa.float64(), "output_cost": pa.float64(), "total_cost": pa.float64(), "db_payload_generation": pa.int64(),
     "cache_read_input_tokens": pa.int64(), "cache_creation_input_tokens": pa.int64(),
     "cache_creation_input_tokens_above_1hr": pa.int64(),
-    "creation_time": pa.int64(), "last_update_time": pa.int64(),
+    "creation_time": pa.int64(), "last_update_time": pa.int64(), "created_time": pa.int64(),
     "start_time_unix_nano": pa.int64(), "end_time_unix_nano": pa.int64(),
     "created_timestamp": pa.int64(), "last_updated_timestamp": pa.int64(), "valid": pa.bool_(),
 }
@@ -145,6 +145,8 @@ class ApiTrackingStore:
                     break
         for table, table_rows in rows.items():
             self._register(con, table, _arrow(table, table_rows))
+        # MLflow's client API has no call listing a trace's links to runs and prompts: none are copied (README).
+        self._register(con, "entity_associations", _arrow("entity_associations", []))
 
     def relation(self, con: duckdb.DuckDBPyConnection, table: str, only_changed: bool) -> str:
         if table == "spans":

@@ -39,6 +39,7 @@ RAW_COLUMNS: dict[str, tuple[str, ...]] = {
         "rationale", "overrides", "valid", "assessment_metadata",
     ),
     "experiments": ("experiment_id", "name", "lifecycle_stage", "creation_time", "last_update_time"),
+    "entity_associations": ("source_type", "source_id", "destination_type", "destination_id", "created_time"),
 }
 TRACE_ID_COLUMN = {
     "trace_info": "request_id",
@@ -46,6 +47,7 @@ TRACE_ID_COLUMN = {
     "trace_tags": "request_id",
     "trace_request_metadata": "request_id",
     "assessments": "trace_id",
+    "entity_associations": "source_id",
 }
 # MLflow 3.17 moved tokens, cost, session and trace name into trace_info/spans columns in this revision.
 FIRST_SUPPORTED_REVISION = "75868b020152"

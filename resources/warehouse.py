@@ -178,12 +178,19 @@ MIGRATIONS: list[str] = [
     ALTER TABLE traces ADD COLUMN cache_creation_input_tokens BIGINT;
     UPDATE _trace_state SET fingerprint = 0;
     """,
-    # 8: what MLflow's trace metrics and search filters read: the trace's cache-creation tokens for caches kept
-    # over an hour (part of MLflow's token usage), each span's input/output cost and, for a failed
+    # 8: what MLflow's trace metrics and search filters read: the trace's links to runs and prompt versions
+    # (mlflow.genai.evaluate and link_traces_to_run link traces to a run without metadata), its cache-creation
+    # tokens for caches kept over an hour (part of MLflow's token usage), each span's input/output cost and, for a failed
     # span, the type of the exception that failed it; each assessment's metadata (a session-scoped assessment
     # names its session there) and MLflow's numeric reading of its value (booleans and yes/no as 1/0). Every
     # trace is copied again once to fill them.
     """
+    CREATE TABLE trace_links (
+        trace_id VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL,                    -- what it links to: run | prompt_version | ...
+        target_id VARCHAR NOT NULL,               -- the run id, `name/version`, ...
+        created_ms BIGINT
+    );
     ALTER TABLE traces ADD COLUMN cache_creation_input_tokens_above_1hr BIGINT;
     ALTER TABLE spans ADD COLUMN input_cost DOUBLE;
     ALTER TABLE spans ADD COLUMN output_cost DOUBLE;
@@ -195,7 +202,7 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-CONTRACT_TABLES = ("traces", "spans", "trace_tags", "trace_metadata", "assessments")
+CONTRACT_TABLES = ("traces", "spans", "trace_tags", "trace_metadata", "assessments", "trace_links")
 # What a rebuild refills from the source; every other table (eval history, insights, labeling) is carried over.
 REBUILT_TABLES = (*CONTRACT_TABLES, "experiments", "_trace_state", "_schema_version")
 T = TypeVar("T")

@@ -156,6 +156,30 @@ def http(url: str, body=None, headers: dict[str, str] | None = None,
 
 
 @contextmanager
+def mlflow_server(store: Store, port: int, folder: Path) -> Iterator[str]:
+    """A real `mlflow server` over the store on 127.0.0.1:`port`."""
+    log = folder / "mlflow-server.log"
+    with open(log, "ab") as output:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.uri, "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "1", "--default-artifact-root", str(folder / "artifacts")],
+            stdout=subprocess.DEVNULL, stderr=output,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job runner: 8 fewer processes
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(f"{url}/health", [server], log.read_text)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a loaded machine: leave no server behind, fail no test for it
+            server.kill()
+            server.wait(timeout=30)
+
+
+@contextmanager
 def llmops_serve(env: dict[str, str], log: Path | None = None) -> Iterator[str]:
     """`llmops serve` in its own process on a free 127.0.0.1 port, with `env` added, its output in the file `log`
     (a temporary one if not given); ready once /health answers (the one route open when a token is required)."""

@@ -137,7 +137,7 @@ UNDO_MIGRATION = {
     6: [],  # data only
     7: ["DROP TABLE experiments", "ALTER TABLE traces DROP COLUMN user_id",
         "ALTER TABLE traces DROP COLUMN cache_read_input_tokens", "ALTER TABLE traces DROP COLUMN cache_creation_input_tokens"],
-    8: ["ALTER TABLE traces DROP COLUMN cache_creation_input_tokens_above_1hr",
+    8: ["DROP TABLE trace_links", "ALTER TABLE traces DROP COLUMN cache_creation_input_tokens_above_1hr",
         *(f"ALTER TABLE spans DROP COLUMN {c}" for c in ("input_cost", "output_cost", "exception_type")),
         *(f"ALTER TABLE assessments DROP COLUMN {c}" for c in ("metadata_json", "aggregate_value", "is_numeric_value"))],
 }

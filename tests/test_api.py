@@ -171,3 +171,14 @@ def test_the_server_holds_no_lock_between_requests(api, warehouse, seeded_store:
     writer = subprocess.run([sys.executable, "-c", "import duckdb, sys; duckdb.connect(sys.argv[1]).close()",
                              warehouse.url.database], check=False, capture_output=True, text=True, timeout=60)
     assert writer.returncode == 0, writer.stderr
+
+
+def test_a_broken_outcomes_file_is_named_with_its_line_not_a_bare_500(warehouse, seeded_store: Store, tmp_path):
+    outcomes = tmp_path / "outcomes.yaml"
+    outcomes.write_text("min_support: 3\nassessments:\n  relevance: {below: high}\n")
+    with llmops_serve({"LLMOPS_HOME": str(tmp_path / "home"), "LLMOPS_DUCKDB_PATH": warehouse.url.database,
+                       "LLMOPS_OUTCOMES": str(outcomes)}) as url:
+        status, answer = post(url, "correlations", {"experiment_ids": [seeded_store.experiment_id],
+                                                    "dimension": {"name": "status", "parameters": {"value": "ERROR"}}})
+    assert (status, answer["error_code"]) == (500, "INTERNAL_ERROR")
+    assert f"{outcomes}:3" in answer["message"], answer

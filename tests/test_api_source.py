@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,8 @@ from mlflow.entities import AssessmentSource, AssessmentSourceType
 from assets.traces.extract import extract_traces
 from resources.api_trace_source import ApiTrackingStore
 from resources.trace_sources import SourceError, SqlTrackingStore, source_for
-from tests.conftest import Store, free_port, wait_until_serving
+from tests.conftest import Store, free_port
+from tests.conftest import mlflow_server as real_mlflow_server
 from tests.oracle import table_dump
 
 CONTRACT = ("traces", "spans", "trace_tags", "trace_metadata", "assessments")
@@ -22,19 +21,8 @@ CONTRACT = ("traces", "spans", "trace_tags", "trace_metadata", "assessments")
 
 @pytest.fixture
 def mlflow_server(store: Store, tmp_path: Path):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.uri, "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1", "--default-artifact-root", str(tmp_path / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_serving(f"{url}/health", [proc], lambda: (tmp_path / "server.log").read_text())
+    with real_mlflow_server(store, free_port(), tmp_path) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def contract_dump(path: str) -> dict[str, list]:

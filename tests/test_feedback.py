@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -29,7 +26,7 @@ from assets.traces.extract import extract_traces
 from resources.agent.backends import OfflineBackend
 from resources.agent.demo_agent import DemoAgent, record_trace
 from resources.trace_sources import SqlTrackingStore
-from tests.conftest import Store, free_port, http, llmops_serve, post_status, wait_until_serving
+from tests.conftest import Store, free_port, http, llmops_serve, mlflow_server, post_status
 
 
 @pytest.fixture(scope="module")
@@ -191,26 +188,6 @@ def assert_unavailable(status: int, headers: dict[str, str], answer: bytes) -> s
     error = json.loads(answer)
     assert (status, error["error_code"], headers.get("retry-after")) == (503, "TEMPORARILY_UNAVAILABLE", "10"), answer
     return error["message"]
-
-
-@contextmanager
-def mlflow_server(store: Store, port: int, folder: Path) -> Iterator[str]:
-    """A real `mlflow server` over the store on 127.0.0.1:`port`."""
-    log = folder / "mlflow-server.log"
-    with open(log, "ab") as output:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.uri, "--host", "127.0.0.1",
-             "--port", str(port), "--workers", "1", "--default-artifact-root", str(folder / "artifacts")],
-            stdout=subprocess.DEVNULL, stderr=output,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job runner: 8 fewer processes
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_serving(f"{url}/health", [server], log.read_text)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_while_mlflow_is_stopped_feedback_gets_503_and_the_retry_logs_it_once(store: Store, tmp_path: Path):

@@ -413,15 +413,13 @@ def test_mlflow_correlation_with_base_filter(world: World):
     assert (no_base.total_count, no_base.filter1_count, no_base.filter2_count, no_base.joint_count) == (15, 9, 7, 5)
 
 
-def test_mlflow_run_id_case_is_refused(world: World):
-    """MLflow's run_id test: its answer counts a trace linked to the run only through link_traces_to_run, a link
-    the warehouse does not copy, so the warehouse refuses rather than count 1 where MLflow counts 2."""
+def test_mlflow_run_id_case_counts_traces_linked_to_the_run(world: World):
+    """MLflow's run_id test: a run's traces are those naming it in their metadata and those linked to it only
+    through link_traces_to_run (the warehouse's trace_links)."""
     experiment, _, run_filter = world.run_case
     theirs = world.store.calculate_trace_filter_correlation([experiment], run_filter, 'status = "OK"')
     assert (theirs.total_count, theirs.filter1_count, theirs.filter2_count, theirs.joint_count) == (3, 2, 3, 2)
-    with pytest.raises(MlflowException, match="link") as refused:
-        warehouse_correlation(world, [experiment], run_filter, 'status = "OK"')
-    assert refused.value.error_code == "INVALID_PARAMETER_VALUE"
+    same_result(warehouse_correlation(world, [experiment], run_filter, 'status = "OK"'), theirs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -463,7 +461,8 @@ def oracle_filters(oracle: Oracle) -> list[str]:
         f"metadata.`{SESSION}` RLIKE '[13]'",
         "metadata.`mlflow.trace.user` = 'u1'", "metadata.mlflow.trace.user != 'u1'", "metadata.`mlflow.trace.user` IS NULL",
         "metadata.`mlflow.trace.user` IS NOT NULL", "metadata.`mlflow.trace.user` LIKE 'u%'",
-        "metadata.`app.version` = '1.0'", f"run_id != '{oracle.run_id}'", f"metadata.mlflow.sourceRun LIKE '{oracle.run_id[:6]}%'",
+        "metadata.`app.version` = '1.0'", f"run_id = '{oracle.run_id}'", f"metadata.mlflow.sourceRun = '{oracle.run_id}'",
+        "prompt = 'my-prompt/1'", f"run_id != '{oracle.run_id}'", f"metadata.mlflow.sourceRun LIKE '{oracle.run_id[:6]}%'",
         "metadata.mlflow.sourceRun IS NULL", "metadata.mlflow.sourceRun IS NOT NULL",
         # token usage and cost: MLflow's columns
         "metadata.`mlflow.trace.tokenUsage` IS NOT NULL", "metadata.`mlflow.trace.tokenUsage` IS NULL",
@@ -625,10 +624,6 @@ UNSUPPORTED = {
     "span.attributes.model = 'gpt'": "span content",
     "span.content LIKE '%search%'": "span content",
     "trace.text LIKE '%search%'": "span content",
-    "prompt = 'my-prompt/1'": "prompt",
-    "tags.`mlflow.linkedPrompts` = 'my-prompt/1'": "prompt",
-    "run_id = 'abc'": "link_traces_to_run",
-    "metadata.`mlflow.sourceRun` = 'abc'": "link_traces_to_run",
     """metadata.`mlflow.trace.tokenUsage` = '{"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}'""":
         "cache_creation_input_tokens_above_1hr",
     """metadata.`mlflow.trace.cost` != '{"input_cost": 0.0001}'""": "rounds costs",

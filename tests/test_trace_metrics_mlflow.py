@@ -1351,9 +1351,6 @@ def test_windows_sorting_limits_and_reserved_filter_keys(case: Case, stores: Sto
     check(case, stores, warehouse)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the warehouse does not copy MLflow's entity_associations, so a trace linked with link_traces_to_run "
-    "is not one of its run's traces (trace_count 1, not 2; assessment_count 0, not 1)"))
 def test_source_run_filter_matches_metadata_and_linked_traces(stores: Stores, warehouse):
     """Not in MLflow's file: a run's traces are those naming it in metadata and those linked to it."""
     experiment_id = stores.experiment_ids["run_linked_traces"]

@@ -47,6 +47,7 @@ SPANS = sa.table(
 )
 TAGS = sa.table("trace_tags", sa.column("trace_id"), sa.column("key"), sa.column("value"))
 METADATA = sa.table("trace_metadata", sa.column("trace_id"), sa.column("key"), sa.column("value"))
+LINKS = sa.table("trace_links", sa.column("trace_id"), sa.column("kind"), sa.column("target_id"))
 ASSESSMENTS = sa.table(
     "assessments", sa.column("trace_id"), sa.column("name"), sa.column("assessment_type"), sa.column("valid"),
     sa.column("value_json"), sa.column("metadata_json"), sa.column("aggregate_value"),
@@ -254,7 +255,17 @@ def _prompt(clause: dict[str, Any], _scope: list[str] | None) -> sa.ColumnElemen
     if clause["value"].count("/") != 1:
         raise MlflowException(f"Invalid prompts filter value '{clause['value']}'. "
                               'Expected format: prompt = "name/version"', error_code=INVALID_PARAMETER_VALUE)
-    raise _refuse(clause, "trace-to-prompt links are not copied into the warehouse")
+    return _exists(LINKS.c.trace_id == TRACES.c.trace_id, LINKS.c.kind == "prompt_version",
+                   LINKS.c.target_id == clause["value"])
+
+
+def _run(clause: dict[str, Any], _scope: list[str] | None) -> sa.ColumnElement[bool]:
+    # A run's traces: those naming it in their metadata and those linked to it (mlflow.genai.evaluate,
+    # link_traces_to_run), as MLflow's search.
+    return sa.or_(_exists(LINKS.c.trace_id == TRACES.c.trace_id, LINKS.c.kind == "run",
+                          LINKS.c.target_id == clause["value"]),
+                  _exists(METADATA.c.trace_id == TRACES.c.trace_id, METADATA.c.key == TraceMetadataKey.SOURCE_RUN,
+                          METADATA.c.value == clause["value"]))
 
 
 def _refused(why: str) -> Callable[[dict[str, Any], list[str] | None], sa.ColumnElement[bool]]:
@@ -275,9 +286,7 @@ KINDS: dict[str, tuple[str, Callable[[dict[str, Any], list[str] | None], sa.Colu
     "assessment": ("trace", _assessment),
     "issue": ("trace", _issue),
     "span": ("span", lambda clause, _scope: _compare(SPAN_COLUMNS[clause["key"]], clause)),
-    "run": ("trace", _refused(
-        "MLflow also matches traces linked to the run (mlflow.genai.evaluate, link_traces_to_run), and the "
-        "warehouse does not copy those links")),
+    "run": ("trace", _run),
     "prompt": ("trace", _prompt),
     "span_attribute": ("trace", _refused("span attributes are in the span content, which the warehouse does not copy")),
     "span_content": ("trace", _refused("the span content (full text) is not copied into the warehouse")),

@@ -16,6 +16,7 @@ TABLE_DESCRIPTIONS = {
     "trace_tags": "Trace tags as key/value rows (including mlflow.traceName).",
     "trace_metadata": "Trace metadata as key/value rows (session, tokens and cost are columns of traces).",
     "assessments": "Feedback and expectations with their JSON value and typed bool/numeric/string columns.",
+    "trace_links": "Links from traces to runs and prompt versions (mlflow.genai.evaluate, link_traces_to_run).",
 }
 CHECKS = {
     "traces": ("matches_source", "unique_keys"),
@@ -23,6 +24,7 @@ CHECKS = {
     "trace_tags": ("unique_keys", "no_orphans"),
     "trace_metadata": ("unique_keys", "no_orphans"),
     "assessments": ("unique_keys", "no_orphans"),
+    "trace_links": ("unique_keys", "no_orphans"),
 }
 CHECK_DESCRIPTIONS = {
     "matches_source": "The warehouse holds exactly as many traces as the source had when it was read.",

@@ -48,7 +48,7 @@ _PREVIOUS = "previous_wh"  # the file a rebuild replaces
 def fingerprint_sql(rel: Callable[[str], str]) -> str:
     """One row per trace: a hash over everything MLflow can change after the trace was written: its trace_info
     row (status, previews, tokens, and `db_payload_generation`, which MLflow bumps when it adds spans), its tags,
-    its metadata, and its assessments' ids, update times and validity.
+    its metadata, its assessments' ids, update times and validity, and its links to runs and prompts.
 
     XOR of row hashes does not depend on row order; one aggregate over the tables is cheaper than aggregating
     each and joining. Rows of traces with no trace_info row are dropped (HAVING).
@@ -69,6 +69,9 @@ def fingerprint_sql(rel: Callable[[str], str]) -> str:
         UNION ALL
         SELECT trace_id, hash('assessment', assessment_id, last_updated_timestamp, CAST(valid AS BOOLEAN)), NULL, NULL
         FROM {rel('assessments')}
+        UNION ALL
+        SELECT source_id, hash('link', destination_type, destination_id), NULL, NULL FROM {rel('entity_associations')}
+        WHERE source_type = 'trace'
     )
     GROUP BY trace_id
     HAVING count(status) > 0
@@ -129,6 +132,10 @@ def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
         "trace_metadata": f"""
             SELECT request_id, key, value FROM {rel('trace_request_metadata')}
             WHERE key NOT IN {PROMOTED_METADATA_KEYS}""",
+        "trace_links": f"""
+            SELECT source_id, destination_type, destination_id, created_time FROM {rel('entity_associations')}
+            SEMI JOIN {trace_times} ON joined_trace_id = source_id
+            WHERE source_type = 'trace'""",
         "assessments": f"""
             SELECT assessment_id, trace_id, CAST(experiment_id AS VARCHAR), name, assessment_type, value,
                    value_type,

@@ -15,6 +15,7 @@ KEYS = {
     "trace_tags": ("trace_id", "key"),
     "trace_metadata": ("trace_id", "key"),
     "assessments": ("assessment_id",),
+    "trace_links": ("trace_id", "kind", "target_id"),
 }
 
 
