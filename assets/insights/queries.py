@@ -46,13 +46,19 @@ VALID_FEEDBACK = sa.and_(ASSESSMENTS.c.assessment_type == "feedback", ASSESSMENT
 
 def known_experiments(conn: sa.Connection, experiment_ids: list[str]) -> set[str]:
     """Which of the ids the warehouse knows: the store's experiments (with or without traces), and, for a
-    warehouse not extracted since schema version 7 added that table, those with traces."""
-    found = sa.select(TRACES.c.experiment_id).where(TRACES.c.experiment_id.in_(experiment_ids))
+    warehouse not extracted since schema version 7 added that table, those with traces. The small experiments
+    table is asked first; traces only for the rest, one row each (a scan of every trace's experiment was ~40 % of a
+    cheap request's time at 1M traces)."""
+    known: set[str] = set()
     if conn.exec_driver_sql(
             "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = 'experiments'"
     ).scalar():
-        found = found.union(sa.select(EXPERIMENTS.c.experiment_id).where(EXPERIMENTS.c.experiment_id.in_(experiment_ids)))
-    return set(conn.execute(found).scalars())
+        known = set(conn.execute(sa.select(EXPERIMENTS.c.experiment_id).where(
+            EXPERIMENTS.c.experiment_id.in_(experiment_ids))).scalars())
+    if rest := list(dict.fromkeys(e for e in experiment_ids if e not in known)):
+        known |= set(conn.execute(sa.union_all(*(
+            sa.select(TRACES.c.experiment_id).where(TRACES.c.experiment_id == e).limit(1) for e in rest))).scalars())
+    return known
 
 
 class TimeBucket(str, Enum):
