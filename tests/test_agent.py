@@ -77,7 +77,8 @@ def test_databricks_backend_queries_the_endpoint_with_unified_auth(serving_endpo
     run = DemoAgent(backend).run("How do I refresh a dashboard?", (), random.Random(1))
     assert run.answer == "From the endpoint."
     chats = [s for s in run.steps if s.span_type == "CHAT_MODEL"]
-    assert chats[-1].attributes["mlflow.chat.tokenUsage"] == {"input_tokens": 21, "output_tokens": 4, "total_tokens": 25}
+    assert chats[-1].attributes["mlflow.chat.tokenUsage"] == {"input_tokens": 21, "output_tokens": 4, "total_tokens": 25,
+                                                                 "cache_read_input_tokens": 21}
     assert chats[-1].attributes["mlflow.llm.model"] == "fm-test-model"
     request = FakeServingEndpoint.requests[-1]
     assert request["path"] == "/serving-endpoints/my-chat-endpoint/invocations"

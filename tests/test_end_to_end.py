@@ -112,11 +112,11 @@ def wait_for_run(url: str, job: str, run_id: str, timeout_s: float = 600) -> Non
 
 
 def queued_traces(home: Path) -> set[str]:
-    """The traces in the demo experiment's (one) review queue."""
+    """The traces in the demo experiment's review queues (one per rule and UTC day: a run across midnight has two)."""
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
     experiment = mlflow.MlflowClient().get_experiment_by_name("llmops-demo")
-    (queue,) = review_queues.list_review_queues(experiment_id=experiment.experiment_id)
-    return {i.item_id for i in review_queues.list_review_queue_items(queue.queue_id, max_results=1000)}
+    return {i.item_id for queue in review_queues.list_review_queues(experiment_id=experiment.experiment_id)
+            for i in review_queues.list_review_queue_items(queue.queue_id, max_results=1000)}
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ def test_materialize_writes_warehouse_and_passes_checks(seeded_store: Store, war
         result = dg.materialize([trace_warehouse], resources=resources, instance=instance)
         assert result.success
         checks = result.get_asset_check_evaluations()
-        assert len(checks) == sum(map(len, CHECKS.values())) == 11 and all(c.passed for c in checks), [c.check_name for c in checks if not c.passed]
+        assert len(checks) == sum(map(len, CHECKS.values())) == 13 and all(c.passed for c in checks), [c.check_name for c in checks if not c.passed]
         traces = next(m for m in result.asset_materializations_for_node("trace_warehouse") if m.asset_key.path == ["traces"])
         assert traces.metadata["rows"].value == len(seeded_store.trace_ids)
         assert traces.metadata["mode"].value == "full"
