@@ -137,6 +137,7 @@ def user_env(tmp_path: Path) -> Iterator[dict[str, str]]:
                    capture_output=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_jobs_launched_from_the_ui_build_the_whole_platform(user_env: dict[str, str]):
     home = Path(user_env["LLMOPS_HOME"])
     with dagster_services(user_env) as url:

@@ -132,6 +132,7 @@ def test_every_command_has_help(command: list[str]):
     assert "Usage:" in done.stdout
 
 
+@pytest.mark.slow
 def test_demo_command_seeds_materializes_and_reports(tmp_path: Path):
     done = subprocess.run([*LLMOPS, "demo", "--traces", "12"], cwd=PROJECT_DIR, env=_env(tmp_path),
                           capture_output=True, text=True, timeout=600)
