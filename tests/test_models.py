@@ -4,6 +4,7 @@ Model Serving through the real databricks-sdk against a loopback server; rollbac
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -15,16 +16,28 @@ import dagster as dg
 import pytest
 from mlflow import MlflowClient
 
-from assets.models.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, alias_version
+from assets.models.registry import alias_version
 from assets.prompts.files import load_prompt_files
-from assets.prompts.registry import ROLLED_BACK_AT, promote_together, sync_prompts
-from orchestration.definitions import defs
+from assets.prompts.registry import promote_together, sync_prompts
+from assets.vocabulary import (
+    CHALLENGER,
+    CHAMPION,
+    EVAL_RUN_TAG,
+    NOTE,
+    PREVIOUS_CHAMPION,
+    PRODUCTION,
+    PROMPT_TAG_PREFIX,
+    ROLLED_BACK_AT,
+)
+from orchestration.definitions import build_definitions
 from resources.agent.responses_agent import INPUT_EXAMPLE
 from resources.deployment import DeploymentResource
 from resources.mlflow import MlflowResource
 from resources.serving import _is_our_server, _port, post_json
 from tests.conftest import PROJECT_DIR, edit
 from tests.fake_databricks import FakeServingWorkspace
+
+defs = build_definitions()
 
 MODEL = "support_agent_test"
 
@@ -36,7 +49,7 @@ def agent_project(empty_store: Path, tmp_path: Path) -> dict:
     prompts = Path(shutil.copytree(PROJECT_DIR / "prompts", tmp_path / "prompts"))
     client = MlflowClient(f"sqlite:///{store}")
     sync_prompts(client, load_prompt_files(prompts), prompts)
-    promote_together(client, {"support_system": 1, "support_answer": 1}, {"llmops.eval_run_id": "eval-1"})
+    promote_together(client, {"support_system": 1, "support_answer": 1}, {EVAL_RUN_TAG: "eval-1"})
     config = tmp_path / "environments.yaml"
     config.write_text("dev: {target: local, startup_timeout_s: 120}\n"
                       "prod: {target: databricks, endpoint_name: agent-prod, workload_size: Small, ready_timeout_s: 3}\n")
@@ -64,7 +77,7 @@ def serving_state(project: dict) -> dict:
 def new_prompt_version(project: dict) -> None:
     edit(project["prompts"] / "support_system.yaml", "concise", "brief")
     sync_prompts(project["client"], load_prompt_files(project["prompts"]), project["prompts"])
-    promote_together(project["client"], {"support_system": 2, "support_answer": 1}, {"llmops.eval_run_id": "eval-2"})
+    promote_together(project["client"], {"support_system": 2, "support_answer": 1}, {EVAL_RUN_TAG: "eval-2"})
 
 
 def test_local_deploy_replace_fail_and_roll_back_leave_no_orphans(agent_project: dict):
@@ -80,10 +93,13 @@ def test_local_deploy_replace_fail_and_roll_back_leave_no_orphans(agent_project:
             # register once; a second run registers nothing
             assert materialize(["agent_model"], resources, instance).success
             again = materialize(["agent_model"], resources, instance)
-            assert again.asset_materializations_for_node("agent_model")[0].metadata["new_version"].value is False
+            metadata = again.asset_materializations_for_node("agent_model")[0].metadata
+            assert metadata["new_version"].value is False
+            assert metadata[NOTE].value == (f"Nothing to register: {MODEL} version 1 already holds this code, config "
+                                            "and prompts")
             assert [int(v.version) for v in client.search_model_versions(f"name = '{MODEL}'")] == [1]
             version = client.get_model_version(MODEL, "1")
-            assert version.tags["llmops.prompt.support_system"] == "1" and version.tags["llmops.eval_run_id"] == "eval-1"
+            assert version.tags[PROMPT_TAG_PREFIX + "support_system"] == "1" and version.tags[EVAL_RUN_TAG] == "eval-1"
 
             # deploy version 1: a real server answers, champion moves, the call is traced
             first = materialize(["agent_deployment"], resources, instance)
@@ -98,9 +114,17 @@ def test_local_deploy_replace_fail_and_roll_back_leave_no_orphans(agent_project:
             assert int(alias_version(client, MODEL, CHAMPION).version) == 1
             experiment = client.get_experiment_by_name("agent-under-test")
             assert client.search_traces(locations=[experiment.experiment_id], max_results=10)  # tracing stays on
+            # the first champion replaced nothing: a rollback has nothing to do and succeeds saying so
+            nothing = materialize(["agent_deployment"], resources, instance, action="rollback")
+            assert nothing.success, failure(nothing)
+            metadata = nothing.asset_materializations_for_node("agent_deployment")[0].metadata
+            assert metadata[NOTE].value == f"Nothing to roll back: {MODEL} has no champion that replaced an earlier version"
+            assert metadata["changed"].value is False and serving_state(agent_project)["active"]["pid"] == pids[0]
             # nothing changed: nothing is restarted
             same = materialize(["agent_model", "agent_deployment"], resources, instance)
-            assert "already serves" in same.asset_materializations_for_node("agent_deployment")[0].metadata["action"].value
+            metadata = same.asset_materializations_for_node("agent_deployment")[0].metadata
+            assert metadata[NOTE].value == f"Nothing to deploy: {MODEL} version 1 (the challenger) already serves dev"
+            assert metadata["changed"].value is False and serving_state(agent_project)["active"]["pid"] == pids[0]
 
             # a new production prompt makes version 2, which replaces version 1 on a new port
             new_prompt_version(agent_project)
@@ -115,14 +139,14 @@ def test_local_deploy_replace_fail_and_roll_back_leave_no_orphans(agent_project:
             assert int(alias_version(client, MODEL, CHALLENGER).version) == 2
 
             # a version that cannot load fails the run; version 2 keeps serving and stays champion
-            client.delete_prompt_alias("support_answer", "production")
+            client.delete_prompt_alias("support_answer", PRODUCTION)
             client.set_registered_model_alias(MODEL, CHALLENGER, "1")
             broken = materialize(["agent_deployment"], resources, instance)
             assert not broken.success and "version 1 was not deployed to dev" in failure(broken)
             assert "the server exited" in failure(broken) and "support_answer" in failure(broken)
             assert post_json(f"{url2}/invocations", INPUT_EXAMPLE)[0]["custom_outputs"]["prompt_versions"]["support_system"] == 2
             assert int(alias_version(client, MODEL, CHAMPION).version) == 2 and "pending" not in serving_state(agent_project)
-            client.set_prompt_alias("support_answer", "production", 1)
+            client.set_prompt_alias("support_answer", PRODUCTION, 1)
 
             # rollback serves version 1 again and moves champion back
             rolled = materialize(["agent_deployment"], resources, instance, action="rollback")
@@ -222,6 +246,20 @@ def test_a_databricks_deployment_that_fails_keeps_the_champion_serving(agent_pro
     assert not failed.success and message in failure(failed)
     assert fake.served_version("agent-prod") == "1" and int(alias_version(client, MODEL, CHAMPION).version) == 1
     assert int(alias_version(client, MODEL, CHALLENGER).version) == 2
+
+
+def test_agent_rollback_before_any_deployment_succeeds_with_a_note(agent_project: dict):
+    client, resources = agent_project["client"], agent_project["resources"]
+    with dg.instance_for_test() as instance:
+        assert materialize(["agent_model"], resources, instance).success
+        result = materialize(["agent_deployment"], resources, instance, action="rollback")
+        assert result.success, failure(result)
+        logs = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.INFO]
+    metadata = result.asset_materializations_for_node("agent_deployment")[0].metadata
+    note = f"Nothing to roll back: {MODEL} has no champion that replaced an earlier version"
+    assert metadata[NOTE].value == note and metadata["changed"].value is False and note in logs
+    assert alias_version(client, MODEL, CHAMPION) is None and int(alias_version(client, MODEL, CHALLENGER).version) == 1
+    assert not (agent_project["tmp"] / "serving").exists()  # no server was started or stopped
 
 
 def test_bad_deployment_config_names_the_problem(agent_project: dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,17 +14,14 @@ from mlflow import MlflowClient
 from assets.prompts.assets import prompt_registry
 from assets.prompts.files import PromptFileError, load_prompt_files
 from assets.prompts.registry import (
-    CANDIDATE,
-    COMMIT_TAG,
-    HASH_TAG,
-    PRODUCTION,
-    SOURCE_TAG,
+    RegistryError,
     git_commit,
     promote_together,
     prompt_state,
     rollback_last_promotion,
     sync_prompts,
 )
+from assets.vocabulary import CANDIDATE, COMMIT_TAG, EVAL_RUN_TAG, HASH_TAG, NOTE, PRODUCTION, SOURCE_TAG
 from resources.mlflow import MlflowResource
 from resources.user_files import UserFilesResource
 from tests.conftest import PROJECT_DIR, edit
@@ -115,19 +113,50 @@ def test_prompts_evaluated_together_are_promoted_together_or_not_at_all(registry
         return {name: prompt_state(registry, name).aliases.get(PRODUCTION) for name in ("support_system", "support_answer")}
 
     sync_prompts(registry, load_prompt_files(prompts_dir), prompts_dir)
-    promote_together(registry, {"support_system": 1, "support_answer": 1}, {"llmops.eval_run_id": "first"})
+    promote_together(registry, {"support_system": 1, "support_answer": 1}, {EVAL_RUN_TAG: "first"})
     edit(prompts_dir / "support_system.yaml", "concise", "brief")
     edit(prompts_dir / "support_answer.yaml", "Tools:", "Tool results:")
     sync_prompts(registry, load_prompt_files(prompts_dir), prompts_dir)
     with pytest.raises(ConnectionError):
         promote_together(SecondPromotionFails(registry.tracking_uri), {"support_system": 2, "support_answer": 2}, {})
     assert production() == {"support_system": 1, "support_answer": 1}  # the first move was undone
-    rows = promote_together(registry, {"support_system": 2, "support_answer": 2}, {"llmops.eval_run_id": "second"})
-    assert [r[3] for r in rows] == ["promoted", "promoted"] and production() == {"support_system": 2, "support_answer": 2}
-    assert registry.get_prompt_version("support_answer", 2).tags["llmops.eval_run_id"] == "second"
-    assert rollback_last_promotion(registry, ["support_system", "support_answer"]) == [
-        ("support_system", 1, 2, "rolled back"), ("support_answer", 1, 2, "rolled back")]
-    assert production() == {"support_system": 1, "support_answer": 1}
+    promoted = promote_together(registry, {"support_system": 2, "support_answer": 2}, {EVAL_RUN_TAG: "second"})
+    assert [r[3] for r in promoted.rows] == ["promoted", "promoted"] and not promoted.note
+    assert production() == {"support_system": 2, "support_answer": 2}
+    assert registry.get_prompt_version("support_answer", 2).tags[EVAL_RUN_TAG] == "second"
+    again = promote_together(registry, {"support_system": 2, "support_answer": 2}, {EVAL_RUN_TAG: "third"})
+    assert again.note == "Nothing to promote: support_system v2, support_answer v2 already production"
+    assert registry.get_prompt_version("support_answer", 2).tags[EVAL_RUN_TAG] == "second"
+    rolled = rollback_last_promotion(registry, ["support_system", "support_answer"])
+    assert rolled.rows == [("support_system", 1, 2, "rolled back"), ("support_answer", 1, 2, "rolled back")]
+    assert production() == {"support_system": 1, "support_answer": 1} and not rolled.note
+
+
+def test_rolling_back_part_of_a_promotion_is_refused(registry: MlflowClient, prompts_dir: Path):
+    """A promotion that replaced an earlier version of one prompt but was the first of another cannot be undone
+    for one alone (the prompts were evaluated together): a failure, not a note, and nothing moves."""
+    sync_prompts(registry, load_prompt_files(prompts_dir), prompts_dir)
+    promote_together(registry, {"support_system": 1}, {})
+    edit(prompts_dir / "support_system.yaml", "concise", "brief")
+    sync_prompts(registry, load_prompt_files(prompts_dir), prompts_dir)
+    promote_together(registry, {"support_system": 2, "support_answer": 1}, {})
+    before = snapshot(registry)
+    with pytest.raises(RegistryError, match="'support_answer': production version 1 records no earlier"):
+        rollback_last_promotion(registry, ["support_system", "support_answer"])
+    assert snapshot(registry) == before
+
+
+def test_unchanged_files_register_nothing_and_say_so(registry: MlflowClient, prompts_dir: Path, tmp_path: Path):
+    resources = {"mlflow": MlflowResource(tracking_uri=registry.tracking_uri),
+                 "user_files": UserFilesResource(prompts_dir=str(prompts_dir), evals_dir=str(tmp_path))}
+    with dg.instance_for_test() as instance:
+        first = dg.materialize([prompt_registry], resources=resources, instance=instance)
+        second = dg.materialize([prompt_registry], resources=resources, instance=instance)
+        logs = [(e.level, e.user_message) for e in instance.all_logs(second.run_id)]
+    assert NOTE not in first.asset_materializations_for_node("prompt_registry")[0].metadata
+    note = second.asset_materializations_for_node("prompt_registry")[0].metadata[NOTE].value
+    assert note == "Nothing to register: every prompt file's content is already its latest version"
+    assert (logging.INFO, note) in logs
 
 
 def test_git_commit_is_recorded_when_known():

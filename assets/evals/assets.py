@@ -8,26 +8,34 @@ from pydantic import Field
 
 from assets.evals.dataset import EvalFileError, load_eval_suites, register_dataset
 from assets.evals.results import write_eval_results
-from assets.evals.runner import (
-    BASELINE_METRIC,
-    CANDIDATE_ROLE,
-    DAGSTER_RUN_TAG,
-    GATE_TAG,
-    NOTE_TAG,
-    PRODUCTION_ROLE,
-    EvalOutcome,
-    decide,
-    run_suite,
-)
-from assets.evals.scorers import CODE_SCORERS, LLMOPS_JUDGE_ENDPOINT, judge_scorers
+from assets.evals.runner import EvalOutcome, decide, run_suite
+from assets.evals.scorers import CODE_SCORERS, judge_scorers
 from assets.failures import run_failures
 from assets.prompts.assets import AGENT_PROMPTS
-from assets.prompts.registry import CANDIDATE, PRODUCTION, prompt_state
+from assets.prompts.registry import prompt_state
 from assets.traces.quality import markdown_table
+from assets.vocabulary import (
+    BASELINE_METRIC,
+    CANDIDATE,
+    DAGSTER_RUN_TAG,
+    GATE_FAILED,
+    GATE_PASSED,
+    GATE_TAG,
+    NOTE,
+    NOTE_TAG,
+    PRODUCTION,
+)
 from resources.agent.backends import backend_from_env
 from resources.agent.prompts import AgentPrompts
 from resources.mlflow import MlflowResource
-from resources.settings import LLMOPS_EVAL_PASS_THRESHOLD, LLMOPS_EVAL_TOLERANCE, env_float
+from resources.settings import (
+    DEFAULT_EVAL_PASS_THRESHOLD,
+    DEFAULT_EVAL_TOLERANCE,
+    LLMOPS_EVAL_PASS_THRESHOLD,
+    LLMOPS_EVAL_TOLERANCE,
+    LLMOPS_JUDGE_ENDPOINT,
+    env_float,
+)
 from resources.user_files import UserFilesResource
 from resources.warehouse import WarehouseResource
 
@@ -35,12 +43,20 @@ GATE_CHECK = "eval_gate"
 
 
 class EvalConfig(dg.Config):
-    pass_threshold: float = Field(
-        default=env_float(LLMOPS_EVAL_PASS_THRESHOLD, 0.8), ge=0, le=1,
-        description="Least overall pass rate of the candidate on every suite (LLMOPS_EVAL_PASS_THRESHOLD).")
-    tolerance: float = Field(
-        default=env_float(LLMOPS_EVAL_TOLERANCE, 0.05), ge=0, le=1,
-        description="How far below production's pass rate the candidate may be (LLMOPS_EVAL_TOLERANCE).")
+    # None: the environment's value, read when the step runs (not when the definitions are imported)
+    pass_threshold: float | None = Field(
+        default=None, ge=0, le=1,
+        description="Least overall pass rate of the candidate on every suite; default $LLMOPS_EVAL_PASS_THRESHOLD.")
+    tolerance: float | None = Field(
+        default=None, ge=0, le=1,
+        description="How far below production's pass rate the candidate may be; default $LLMOPS_EVAL_TOLERANCE.")
+
+    def gate(self) -> tuple[float, float]:
+        """The pass threshold and tolerance in force."""
+        threshold = env_float(LLMOPS_EVAL_PASS_THRESHOLD, DEFAULT_EVAL_PASS_THRESHOLD)
+        tolerance = env_float(LLMOPS_EVAL_TOLERANCE, DEFAULT_EVAL_TOLERANCE)
+        return (threshold if self.pass_threshold is None else self.pass_threshold,
+                tolerance if self.tolerance is None else self.tolerance)
     judge_endpoint: str | None = Field(
         default=None, description=f"Databricks serving endpoint for LLM-judge scorers; default ${LLMOPS_JUDGE_ENDPOINT}.")
 
@@ -93,14 +109,15 @@ def prompt_evals(context: dg.AssetExecutionContext, config: EvalConfig, mlflow: 
         for loaded in suites:
             dataset = register_dataset(loaded.suite, experiment_id)
             context.log.info(f"{loaded.suite.name}: evaluating candidate prompts {candidate.versions}")
-            candidates.append(run_suite(loaded.suite, dataset, candidate, backend, scorers, role=CANDIDATE_ROLE,
+            candidates.append(run_suite(loaded.suite, dataset, candidate, backend, scorers, role=CANDIDATE,
                                       experiment_id=experiment_id, tags=tags))
             if baseline is not None:
                 context.log.info(f"{loaded.suite.name}: evaluating production prompts {baseline.versions}")
                 baselines[loaded.suite.name] = run_suite(loaded.suite, dataset, baseline, backend, scorers,
-                                                         role=PRODUCTION_ROLE, experiment_id=experiment_id, tags=tags)
-        decision = decide(candidates, baselines, config.pass_threshold, config.tolerance)
-        verdict = "passed" if decision.passed else "failed"
+                                                         role=PRODUCTION, experiment_id=experiment_id, tags=tags)
+        threshold, tolerance = config.gate()
+        decision = decide(candidates, baselines, threshold, tolerance)
+        verdict = GATE_PASSED if decision.passed else GATE_FAILED
         for outcome in candidates:
             client.set_tag(outcome.run_id, GATE_TAG, verdict)
             if outcome.suite in baselines:
@@ -117,12 +134,12 @@ def prompt_evals(context: dg.AssetExecutionContext, config: EvalConfig, mlflow: 
             ["suite", "role", "prompts", "passed", "overall", "per scorer", "MLflow run"], summary)),
         "failures": dg.MetadataValue.md(_failures_md(candidates)),
         "eval_result_rows": dg.MetadataValue.int(written),
-        "note": note or "LLM-judge scorers ran",
+        NOTE: note or "LLM-judge scorers ran",
     })
     yield dg.AssetCheckResult(
         check_name=GATE_CHECK, passed=decision.passed,
         description="; ".join(decision.reasons),
-        metadata={"threshold": config.pass_threshold, "tolerance": config.tolerance,
+        metadata={"threshold": threshold, "tolerance": tolerance,
                   "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)),
                   "failures": dg.MetadataValue.md(_failures_md(candidates))},
     )

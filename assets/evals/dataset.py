@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from assets.prompts.files import NAME
+from assets.vocabulary import EXAMPLE_ID_TAG
 from assets.yaml_files import InvalidFilesError, Problem, line_of, read_folder
 from resources.agent.demo_agent import TOOLS
 
@@ -59,7 +60,7 @@ class EvalSuite(BaseModel):
     def records(self) -> list[dict[str, Any]]:
         """The examples as MLflow dataset records; the example id travels as a tag onto each eval trace."""
         return [
-            {"inputs": e.inputs.model_dump(), "expectations": e.expectations, "tags": {**e.tags, "example_id": e.id}}
+            {"inputs": e.inputs.model_dump(), "expectations": e.expectations, "tags": {**e.tags, EXAMPLE_ID_TAG: e.id}}
             for e in self.examples
         ]
 

@@ -16,15 +16,10 @@ from dataclasses import asdict, dataclass, field
 import mlflow
 
 from assets.evals.dataset import EvalSuite
+from assets.vocabulary import DIGEST_TAG, EXAMPLE_ID_TAG, PASS_RATE_METRIC, PROMPT_TAG_PREFIX, ROLE_TAG, SUITE_TAG
 from resources.agent.backends import LLMBackend
 from resources.agent.demo_agent import DemoAgent
 from resources.agent.prompts import AgentPrompts
-
-CANDIDATE_ROLE, PRODUCTION_ROLE = "candidate", "production"
-PROMPT_TAG_PREFIX = "llmops.prompt."
-BASELINE_METRIC = "baseline_pass_rate"  # on a candidate run: the production versions' rate on the same suite
-ROLE_TAG, SUITE_TAG, GATE_TAG, DIGEST_TAG, DAGSTER_RUN_TAG, NOTE_TAG = (
-    "llmops.role", "llmops.suite", "llmops.gate", "llmops.dataset_digest", "llmops.dagster_run_id", "llmops.note")
 
 
 @dataclass
@@ -75,7 +70,7 @@ def summarize(table, scorer_names: list[str]) -> tuple[list[ScorerResult], int, 
     """Per-example scorer results from evaluate's `eval_results` table: (results, passed examples, rates)."""
     results, passed_examples = [], 0
     for _, row in table.iterrows():
-        example_id = (row.get("tags") or {}).get("example_id", row["trace_id"])
+        example_id = (row.get("tags") or {}).get(EXAMPLE_ID_TAG, row["trace_id"])
         verdicts = []
         for name in scorer_names:
             value, error = _cell(row, f"{name}/value"), _cell(row, f"{name}/error_message")
@@ -93,8 +88,8 @@ def summarize(table, scorer_names: list[str]) -> tuple[list[ScorerResult], int, 
 
 def run_suite(suite: EvalSuite, dataset, prompts: AgentPrompts, backend: LLMBackend, scorers: list, *,
               role: str, experiment_id: str, tags: dict[str, str]) -> EvalOutcome:
-    """Evaluate the agent with `prompts` on `dataset` (the suite registered in MLflow) in a new run; `tags` may
-    carry a note (`llmops.note`), e.g. that LLM judges were skipped."""
+    """Evaluate the agent with `prompts` (at alias `role`) on `dataset` (the suite registered in MLflow) in a new
+    run; `tags` may carry a note (NOTE_TAG), e.g. that LLM judges were skipped."""
     run_tags = {**tags, ROLE_TAG: role, SUITE_TAG: suite.name, DIGEST_TAG: suite.digest(),
                 **{PROMPT_TAG_PREFIX + name: str(v) for name, v in prompts.versions.items()}}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{suite.name}-{role}", tags=run_tags) as run:
@@ -105,7 +100,7 @@ def run_suite(suite: EvalSuite, dataset, prompts: AgentPrompts, backend: LLMBack
         examples = len(suite.examples)
         outcome = EvalOutcome(suite.name, role, run.info.run_id, dict(prompts.versions), suite.digest(), examples,
                               passed, passed / examples, rates, results)
-        mlflow.log_metrics({"overall_pass_rate": outcome.overall_pass_rate, "total_examples": examples,
+        mlflow.log_metrics({PASS_RATE_METRIC: outcome.overall_pass_rate, "total_examples": examples,
                             "passed_examples": passed, "failed_examples": examples - passed})
         mlflow.log_dict(asdict(outcome), "eval_results.json")
     return outcome

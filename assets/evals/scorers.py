@@ -14,9 +14,10 @@ import re
 from mlflow.entities import Feedback
 from mlflow.genai.scorers import Guidelines, scorer
 
+from resources.settings import LLMOPS_JUDGE_ENDPOINT
+
 CITATION = re.compile(r"\s*Source: (kb-\d+)\.?\s*$")
 SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
-LLMOPS_JUDGE_ENDPOINT = "LLMOPS_JUDGE_ENDPOINT"
 
 
 def _answer(outputs) -> str:

@@ -8,28 +8,25 @@ import dagster as dg
 from mlflow import MlflowClient
 from pydantic import Field
 
-from assets.evals.runner import PROMPT_TAG_PREFIX
 from assets.failures import run_failures
-from assets.models.registry import (
+from assets.models.registry import alias_version, register_agent
+from assets.prompts.assets import AGENT_PROMPTS
+from assets.prompts.registry import git_commit, prompt_state
+from assets.traces.quality import markdown_table
+from assets.vocabulary import (
     CHALLENGER,
     CHAMPION,
+    COMMIT_TAG,
     DEPLOYED_AT,
     ENDPOINT_TAG,
-    PREVIOUS_CHAMPION,
-    SMOKE_TAG,
-    alias_version,
-    register_agent,
-)
-from assets.prompts.assets import AGENT_PROMPTS
-from assets.prompts.registry import (
-    COMMIT_TAG,
     EVAL_RUN_TAG,
+    NOTE,
+    PREVIOUS_CHAMPION,
     PRODUCTION,
+    PROMPT_TAG_PREFIX,
     ROLLED_BACK_AT,
-    git_commit,
-    prompt_state,
+    SMOKE_TAG,
 )
-from assets.traces.quality import markdown_table
 from resources.agent.responses_agent import INPUT_EXAMPLE
 from resources.deployment import DeploymentResource
 from resources.mlflow import MlflowResource
@@ -64,6 +61,8 @@ def agent_model(context: dg.AssetExecutionContext, mlflow: MlflowResource,
                                     prompt_versions, tags)
     context.log.info(f"{deployment.model_name}: {'registered' if registered.created else 'unchanged at'} "
                      f"version {registered.version} (challenger)")
+    unchanged = {} if registered.created else {NOTE: f"Nothing to register: {deployment.model_name} version "
+                                               f"{registered.version} already holds this code, config and prompts"}
     return dg.MaterializeResult(metadata={
         "model": deployment.model_name,
         "version": dg.MetadataValue.int(registered.version),
@@ -71,7 +70,7 @@ def agent_model(context: dg.AssetExecutionContext, mlflow: MlflowResource,
         "prompt_versions": dg.MetadataValue.json(prompt_versions),
         "eval_run_id": tags[EVAL_RUN_TAG],
         "fingerprint": registered.fingerprint[:16],
-    })
+    } | unchanged)
 
 
 class DeployConfig(dg.Config):
@@ -102,6 +101,7 @@ def _serve(context, client: MlflowClient, deployment: DeploymentResource, target
     prompts = {k.removeprefix(PROMPT_TAG_PREFIX): v for k, v in served.items() if k.startswith(PROMPT_TAG_PREFIX)}
     return dg.MaterializeResult(metadata={
         "environment": deployment.environment,
+        "changed": True,
         "model_version": dg.MetadataValue.int(version),
         "replaced_version": dg.MetadataValue.int(replaces) if replaces is not None else "none",
         "prompt_versions": dg.MetadataValue.json(prompts),
@@ -112,6 +112,13 @@ def _serve(context, client: MlflowClient, deployment: DeploymentResource, target
             ["environment", "version", "replaced", "endpoint", "smoke ms"],
             [(deployment.environment, version, replaces or "", live.url, live.smoke_latency_ms)])),
     })
+
+
+def _nothing_to_do(context, deployment: DeploymentResource, note: str, **metadata) -> dg.MaterializeResult:
+    """A deployment or rollback that had nothing to do: a success that changed nothing, with the note saying why."""
+    context.log.info(note)
+    return dg.MaterializeResult(metadata={"environment": deployment.environment, "changed": False, NOTE: note,
+                                          **metadata})
 
 
 @dg.asset(
@@ -130,17 +137,17 @@ def agent_deployment(context: dg.AssetExecutionContext, config: DeployConfig, ml
         if config.action == "rollback":
             previous = (champion.tags or {}).get(PREVIOUS_CHAMPION) if champion else None
             if not previous:
-                raise dg.Failure(description=f"Nothing to roll back: {name} has no champion that replaced an "
-                                 "earlier version.")
+                return _nothing_to_do(context, deployment, f"Nothing to roll back: {name} has no champion that "
+                                      "replaced an earlier version")
             return _serve(context, client, deployment, target, int(previous), int(champion.version), rollback=True)
         challenger = alias_version(client, name, CHALLENGER)
         if challenger is None:
             raise dg.Failure(description=f"{name} has no challenger version: materialize agent_model first.")
         live = target.current()
         if champion and champion.version == challenger.version and live and live.version == int(champion.version):
-            context.log.info(f"{name} version {champion.version} already serves {deployment.environment}")
-            return dg.MaterializeResult(metadata={
-                "environment": deployment.environment, "model_version": dg.MetadataValue.int(live.version),
-                "endpoint": dg.MetadataValue.url(live.url), "action": "none: the challenger already serves"})
+            return _nothing_to_do(context, deployment, f"Nothing to deploy: {name} version {champion.version} (the "
+                                  f"challenger) already serves {deployment.environment}",
+                                  model_version=dg.MetadataValue.int(live.version),
+                                  endpoint=dg.MetadataValue.url(live.url))
         return _serve(context, client, deployment, target, int(challenger.version),
                       int(champion.version) if champion else None)

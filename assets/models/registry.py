@@ -14,16 +14,12 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from assets.evals.runner import PROMPT_TAG_PREFIX
+from assets.vocabulary import CHALLENGER, FINGERPRINT_TAG, PRODUCTION, PROMPT_TAG_PREFIX
 from resources.agent.responses_agent import INPUT_EXAMPLE
 
 AGENT_DIR = Path(__file__).resolve().parents[2] / "resources" / "agent"
 AGENT_FILE = AGENT_DIR / "responses_agent.py"
-MODEL_CONFIG = {"prompt_alias": "production"}  # the served agent loads its prompts at this alias
-CHALLENGER, CHAMPION = "challenger", "champion"
-FINGERPRINT_TAG = "llmops.fingerprint"
-PREVIOUS_CHAMPION, DEPLOYED_AT, ENDPOINT_TAG = "llmops.previous_champion", "llmops.deployed_at", "llmops.endpoint_url"
-SMOKE_TAG = "llmops.smoke_latency_ms"
+MODEL_CONFIG = {"prompt_alias": PRODUCTION}  # the served agent loads its prompts at this alias
 
 
 def agent_fingerprint(prompt_versions: dict[str, int]) -> str:

@@ -20,14 +20,16 @@ from mlflow.entities.model_registry.prompt_version import PromptVersion
 from mlflow.exceptions import MlflowException
 
 from assets.prompts.files import LoadedPrompt
-
-CANDIDATE, PRODUCTION = "candidate", "production"
-HASH_TAG, SOURCE_TAG, COMMIT_TAG = "llmops.content_hash", "llmops.source_file", "llmops.git_commit"
-# Evidence written on a version when it is promoted; `previous_production` is what a rollback returns to, and
-# `promoted_at` (one stamp per promotion) tells which prompts a rollback moves together.
-PROMOTED_AT, PROMOTED_BY, PREVIOUS_PRODUCTION = "llmops.promoted_at", "llmops.promoted_by", "llmops.previous_production"
-EVAL_RUN_TAG, PASS_RATE_TAG, BASELINE_RATE_TAG = "llmops.eval_run_id", "llmops.eval_pass_rate", "llmops.baseline_pass_rate"
-ROLLED_BACK_AT = "llmops.rolled_back_at"
+from assets.vocabulary import (
+    CANDIDATE,
+    COMMIT_TAG,
+    HASH_TAG,
+    PREVIOUS_PRODUCTION,
+    PRODUCTION,
+    PROMOTED_AT,
+    ROLLED_BACK_AT,
+    SOURCE_TAG,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,19 @@ class SyncedPrompt:
     created: bool  # a new version was registered by this sync
     content_hash: str
     source: str
+
+
+@dataclass
+class ProductionChange:
+    """What a promotion or a rollback did: rows of (prompt, production now, before, what happened) and, when it
+    moved nothing, the note saying why (a success: there was nothing to do)."""
+
+    rows: list[tuple]
+    note: str = ""
+
+
+def _unchanged(current: dict[str, int | None], what: str) -> list[tuple]:
+    return [(name, version or "", version or "", what) for name, version in current.items()]
 
 
 @dataclass
@@ -165,10 +180,9 @@ def _all_or_nothing(client: MlflowClient, moves: list[tuple[str, int | None, int
         raise
 
 
-def promote_together(client: MlflowClient, versions: dict[str, int], evidence: dict[str, str]) -> list[tuple]:
+def promote_together(client: MlflowClient, versions: dict[str, int], evidence: dict[str, str]) -> ProductionChange:
     """Move `production` to `versions` (evaluated together), recording the evidence and the version each replaces
-    on the promoted versions' tags. Nothing moves if one of them was rolled back before. Returns rows of
-    (prompt, production now, before, what happened)."""
+    on the promoted versions' tags. Nothing moves if one of them was rolled back before."""
     states = {name: prompt_state(client, name) for name in versions}
     for name, version in versions.items():
         if states[name].version(version) is None:
@@ -177,9 +191,12 @@ def promote_together(client: MlflowClient, versions: dict[str, int], evidence: d
     rolled_back = [f"{name} v{version}" for name, version in versions.items()
                    if current[name] != version and ROLLED_BACK_AT in (states[name].version(version).tags or {})]
     if rolled_back:
-        reason = f"not promoted: {', '.join(rolled_back)} was rolled back; edit the prompt file to release a new version"
-        return [(name, current[name] or "", current[name] or "", reason) for name in versions]
+        reason = f"Not promoted: {', '.join(rolled_back)} was rolled back; edit the prompt file to release a new version"
+        return ProductionChange(_unchanged(current, reason), note=reason)
     moves = [(name, current[name], version) for name, version in versions.items() if current[name] != version]
+    if not moves:
+        return ProductionChange(_unchanged(current, "already production"), note="Nothing to promote: "
+                                f"{', '.join(f'{n} v{v}' for n, v in versions.items())} already production")
     stamp = str(int(time.time() * 1000))
 
     def tag(name: str, before: int | None, after: int) -> None:
@@ -189,31 +206,35 @@ def promote_together(client: MlflowClient, versions: dict[str, int], evidence: d
 
     _all_or_nothing(client, moves, tag)
     moved = {name for name, _, _ in moves}
-    return [(name, version, current[name] or "", "promoted" if name in moved else "already production")
-            for name, version in versions.items()]
+    return ProductionChange([(name, version, current[name] or "", "promoted" if name in moved else "already production")
+                             for name, version in versions.items()])
 
 
-def rollback_last_promotion(client: MlflowClient, names: list[str]) -> list[tuple]:
+def rollback_last_promotion(client: MlflowClient, names: list[str]) -> ProductionChange:
     """Move `production` of the prompts the most recent promotion moved back to what it replaced, together.
-    Returns rows of (prompt, production now, before, what happened)."""
+    Nothing to roll back (no promotion, or one that replaced no earlier version) is a note, not an error."""
     productions = {name: prompt_state(client, name).alias(PRODUCTION) for name in names}
+    current = {name: int(v.version) if v else None for name, v in productions.items()}
     promoted = {name: v for name, v in productions.items() if v is not None and PROMOTED_AT in (v.tags or {})}
     if not promoted:
-        raise RegistryError(f"nothing to roll back: no promoted production version of {names}")
+        return ProductionChange(_unchanged(current, "not rolled back"),
+                                note=f"Nothing to roll back: no promoted production version of {names}")
     last = max(promoted.values(), key=lambda v: int(v.tags[PROMOTED_AT])).tags[PROMOTED_AT]
-    moves = []
-    for name, version in promoted.items():
-        if version.tags[PROMOTED_AT] != last:
-            continue  # moved by an earlier promotion than the one being undone
-        previous = version.tags.get(PREVIOUS_PRODUCTION)
-        if not previous:
+    # moved by the promotion being undone (not by an earlier one), with the version each replaced
+    undone = {name: (v, v.tags.get(PREVIOUS_PRODUCTION)) for name, v in promoted.items() if v.tags[PROMOTED_AT] == last}
+    if not any(previous for _, previous in undone.values()):
+        return ProductionChange(_unchanged(current, "not rolled back"), note="Nothing to roll back: the last "
+                                f"promotion ({', '.join(f'{n} v{v.version}' for n, (v, _) in undone.items())}) "
+                                "replaced no earlier production version")
+    for name, (version, previous) in undone.items():
+        if not previous:  # undoing only part of it would split prompts evaluated together
             raise RegistryError(f"prompt {name!r}: production version {version.version} records no earlier "
                                 "production version")
-        moves.append((name, int(version.version), int(previous)))
+    moves = [(name, int(version.version), int(previous)) for name, (version, previous) in undone.items()]
     stamp = str(int(time.time() * 1000))
     _all_or_nothing(client, moves, lambda name, before, _after: client.set_prompt_version_tag(
         name, before, ROLLED_BACK_AT, stamp))
-    return [(name, after, before, "rolled back") for name, before, after in moves]
+    return ProductionChange([(name, after, before, "rolled back") for name, before, after in moves])
 
 
 def history_rows(state: PromptState, limit: int = 10) -> list[tuple]:
