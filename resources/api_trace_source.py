@@ -9,17 +9,34 @@ the start of the run, so new traces cannot shift the pages; spans are fetched on
 from __future__ import annotations
 
 import json
+import math
+import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
 
 import duckdb
 import pyarrow as pa
+import requests
 from mlflow import MlflowClient
 from mlflow.entities import Span, TraceInfo, ViewType
+from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
+from mlflow.exceptions import MlflowException
 from mlflow.tracing.client import TracingClient
+from urllib3.exceptions import ResponseError
 
-from resources.settings import mask_uri
-from resources.trace_sources import RAW_COLUMNS, TRACE_ID_COLUMN
+from resources.settings import DEFAULT_MLFLOW_RETRY_S, LLMOPS_MLFLOW_RETRY_S, env_float, mask_uri, scrub
+from resources.source_contract import RAW_COLUMNS, TRACE_ID_COLUMN, SourceError, call_with_retries
+
+T = TypeVar("T")
+
+# How long one MLflow call may keep failing (server unreachable, timing out, answering 429/5xx) before the
+# extract fails; retries wait 2, 4, 8 and 6 s (doubling, the last wait cut to fit the budget). 20 s leaves the
+# `llmops extract` command, Dagster startup included, well within a minute to report an unreachable server.
+FIRST_RETRY_DELAY_S = 2.0
+MIN_ATTEMPT_TIMEOUT_S = 5  # the last attempt, at the end of the budget, still gets a fair chance to answer
 
 _TYPES = {
     "experiment_id": pa.string(), "timestamp_ms": pa.int64(), "execution_time_ms": pa.int64(),
@@ -106,20 +123,20 @@ class ApiTrackingStore:
 
     page_size = 500
     batch_size = 100
-    # MLflow's HTTP client already retries every call with backoff (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
-    # MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_TIMEOUT); retrying on top would multiply the wait.
-    attach_attempts = 1
-    retry_note = "(with MLflow's HTTP retries)"
+    attach_retry_s = 0  # each MLflow call is retried on its own (`_call`); retrying attach would repeat them
 
-    def __init__(self, uri: str, progress: Callable[[str], None] | None = None):
+    def __init__(self, uri: str, progress: Callable[[str], None] | None = None,
+                 warn: Callable[[str], None] | None = None):
         self.uri = uri
         self.label = f"api:{mask_uri(uri)}"
         self.progress = progress or (lambda message: None)
+        self.warn = warn or self.progress
+        self.retry_s = env_float(LLMOPS_MLFLOW_RETRY_S, DEFAULT_MLFLOW_RETRY_S)
         self._tables: dict[str, pa.Table] = {}  # kept alive: DuckDB reads them in place
 
     def attach(self, con: duckdb.DuckDBPyConnection) -> None:
         client = MlflowClient(tracking_uri=self.uri)
-        experiments = client.search_experiments(view_type=ViewType.ALL, max_results=50_000)
+        experiments = self._call(lambda: client.search_experiments(view_type=ViewType.ALL, max_results=50_000))
         self._register(con, "experiments", _arrow("experiments", [
             {"experiment_id": e.experiment_id, "name": e.name, "lifecycle_stage": e.lifecycle_stage,
              "creation_time": e.creation_time, "last_update_time": e.last_update_time} for e in experiments]))
@@ -130,10 +147,10 @@ class ApiTrackingStore:
         for start in range(0, len(experiment_ids), 50):
             token = None
             while True:
-                page = client.search_traces(
+                page = self._call(lambda: client.search_traces(
                     locations=experiment_ids[start : start + 50], filter_string=f"trace.timestamp_ms <= {bound_ms}",
                     max_results=self.page_size, page_token=token, include_spans=False,
-                )
+                ))
                 for trace in page:
                     if trace.info.trace_id not in seen:  # an offset page may repeat a row after concurrent writes
                         seen.add(trace.info.trace_id)
@@ -161,12 +178,75 @@ class ApiTrackingStore:
         experiment_of = dict(con.execute("SELECT request_id, experiment_id FROM _api_trace_info").fetchall())
         tracing, rows = TracingClient(tracking_uri=self.uri), []
         for start in range(0, len(trace_ids), self.batch_size):
-            for trace in tracing.batch_get_traces(trace_ids[start : start + self.batch_size]):
+            for trace in self._call(lambda: tracing.batch_get_traces(trace_ids[start : start + self.batch_size])):
                 tid = trace.info.trace_id
                 rows.extend(span_row(tid, experiment_of.get(tid, trace.info.experiment_id), s) for s in trace.data.spans)
             self.progress(f"fetched spans of {min(start + self.batch_size, len(trace_ids))}/{len(trace_ids)} traces")
         self._register(con, "spans", _arrow("spans", rows))
 
+    def _call(self, call: Callable[[], T]) -> T:
+        """One MLflow call, retried while the server is unreachable or overloaded, each retry logged; a SourceError
+        naming the masked URI when the budget runs out or MLflow refuses the call."""
+        started = time.monotonic()
+
+        def attempt(seconds_left: float) -> T:
+            with single_http_attempt(timeout_s=max(MIN_ATTEMPT_TIMEOUT_S, math.ceil(seconds_left))):
+                return call()
+
+        def log_retry(reason: str, retry: int, retries: int, wait_s: float) -> None:
+            self.warn(f"MLflow at {mask_uri(self.uri)} unreachable ({reason}); retry {retry}/{retries} in "
+                          f"{round(wait_s, 1):g} s")
+
+        try:
+            return call_with_retries(attempt, budget_s=self.retry_s, first_delay_s=FIRST_RETRY_DELAY_S,
+                                     retry_reason=unreachable_reason, on_retry=log_retry)
+        except MlflowException as exc:
+            # `from None`: MLflow's error and its chain show the URI with its password.
+            if reason := unreachable_reason(exc):
+                raise SourceError(
+                    f"MLflow at {mask_uri(self.uri)} unreachable ({reason}); gave up after "
+                    f"{time.monotonic() - started:.0f} s of retries ({LLMOPS_MLFLOW_RETRY_S}={self.retry_s:g}). "
+                    "Check MLFLOW_TRACKING_URI and that the tracking server is running."
+                ) from None
+            raise SourceError(f"MLflow at {mask_uri(self.uri)} refused the call: {scrub(str(exc), self.uri)}") from None
+
     def _register(self, con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> None:
         self._tables[table] = data
         con.register(f"_api_{table}", data)
+
+
+@contextmanager
+def single_http_attempt(timeout_s: int) -> Iterator[None]:
+    """MLflow's HTTP client makes one try, waiting at most `timeout_s` (or MLFLOW_HTTP_REQUEST_TIMEOUT if lower):
+    `ApiTrackingStore._call` does the retrying, and logs it. MLflow reads these variables at each request and has
+    no per-client setting, so they are set for the call's duration (other threads' MLflow calls see them too)."""
+    names = (MLFLOW_HTTP_REQUEST_MAX_RETRIES.name, MLFLOW_HTTP_REQUEST_TIMEOUT.name)
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ[MLFLOW_HTTP_REQUEST_TIMEOUT.name] = str(min(timeout_s, MLFLOW_HTTP_REQUEST_TIMEOUT.get()))
+    os.environ[MLFLOW_HTTP_REQUEST_MAX_RETRIES.name] = "0"
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def unreachable_reason(exc: BaseException) -> str | None:
+    """Why MLflow could not be reached, when trying again may help (refused or broken connections, timeouts,
+    HTTP 408/429/5xx answers); None for an answer that retrying cannot change. MLflow reports all of these as
+    an MlflowException whose chain holds the `requests` error."""
+    chain = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    if not any(isinstance(e, requests.RequestException) for e in chain):
+        return None
+    for error, reason in ((ConnectionRefusedError, "connection refused"), (socket.gaierror, "host not found"),
+                          (requests.Timeout, "no answer in time")):
+        if any(isinstance(e, error) for e in chain):
+            return reason
+    busy = next((e for e in chain if isinstance(e, ResponseError)), None)  # "too many 503 error responses"
+    return str(busy) if busy else "connection failed"

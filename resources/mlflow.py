@@ -43,8 +43,9 @@ class MlflowResource(dg.ConfigurableResource):
             if not _has_schema(path):
                 self.client().search_experiments(max_results=1)  # runs MLflow's migrations
 
-    def traces(self, progress: Callable[[str], None] | None = None) -> TraceSource:
-        return source_for(self.tracking_uri, self.trace_source, progress)
+    def traces(self, progress: Callable[[str], None] | None = None,
+               warn: Callable[[str], None] | None = None) -> TraceSource:
+        return source_for(self.tracking_uri, self.trace_source, progress, warn)
 
     def client(self) -> MlflowClient:
         """A client for this store and its prompt registry (MLflow derives the registry from the tracking URI:

@@ -8,67 +8,18 @@ DuckDB connection. The extractor turns them into the warehouse contract with one
 
 from __future__ import annotations
 
+import importlib
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 import duckdb
 
 from resources.settings import mask_uri, scrub
+from resources.source_contract import RAW_COLUMNS, TRACE_ID_COLUMN, SourceError, TraceSource, call_with_retries
 
-# The columns read from each MLflow table; the benchmark's bare scan reads exactly these.
-RAW_COLUMNS: dict[str, tuple[str, ...]] = {
-    "trace_info": (
-        "request_id", "experiment_id", "timestamp_ms", "execution_time_ms", "status", "client_request_id",
-        "request_preview", "response_preview", "trace_name", "session_id", "input_tokens", "output_tokens",
-        "total_tokens", "input_cost", "output_cost", "total_cost", "db_payload_generation", "cache_read_input_tokens",
-        "cache_creation_input_tokens", "cache_creation_input_tokens_above_1hr",
-    ),
-    "spans": (
-        "trace_id", "experiment_id", "span_id", "parent_span_id", "name", "type", "status",
-        "start_time_unix_nano", "end_time_unix_nano", "content", "input_cost", "output_cost", "total_cost", "model_name",
-        "model_provider",
-    ),
-    "trace_tags": ("request_id", "key", "value"),
-    "trace_request_metadata": ("request_id", "key", "value"),
-    "assessments": (
-        "assessment_id", "trace_id", "experiment_id", "name", "assessment_type", "value", "error",
-        "created_timestamp", "last_updated_timestamp", "source_type", "source_id", "run_id", "span_id",
-        "rationale", "overrides", "valid", "assessment_metadata",
-    ),
-    "experiments": ("experiment_id", "name", "lifecycle_stage", "creation_time", "last_update_time"),
-    "entity_associations": ("source_type", "source_id", "destination_type", "destination_id", "created_time"),
-}
-TRACE_ID_COLUMN = {
-    "trace_info": "request_id",
-    "spans": "trace_id",
-    "trace_tags": "request_id",
-    "trace_request_metadata": "request_id",
-    "assessments": "trace_id",
-    "entity_associations": "source_id",
-}
 # MLflow 3.17 moved tokens, cost, session and trace name into trace_info/spans columns in this revision.
 FIRST_SUPPORTED_REVISION = "75868b020152"
-
-
-class SourceError(RuntimeError):
-    """The tracking store cannot be read; the message names the (masked) URI and what to do."""
-
-
-class TraceSource(Protocol):
-    uri: str
-    label: str
-    attach_attempts: int
-    retry_note: str
-
-    def attach(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Make the source readable from `con`."""
-
-    def relation(self, con: duckdb.DuckDBPyConnection, table: str, only_changed: bool) -> str:
-        """A FROM-clause for `table`'s rows: all of them, or those of the traces in temp table `_changed`
-        (`experiments`: always all)."""
 
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -101,8 +52,6 @@ def _sql_string(value: str) -> str:
 
 def scanner_extension_path(name: str) -> str:
     """The DuckDB extension shipped in the PyPI wheel `duckdb-extension-<name>` (no network needed)."""
-    import importlib
-
     package = importlib.import_module(f"duckdb_extension_{name}")
     version = duckdb.__version__
     path = Path(package.__file__).parent / "extensions" / f"v{version}" / f"{name}.duckdb_extension"
@@ -117,12 +66,14 @@ class SqlTrackingStore:
     # Up to this many changed traces are read through the database's trace-id indexes; beyond it a full
     # scan filtered in DuckDB is cheaper.
     targeted_read_limit = 50_000
-    attach_attempts = 4
-    retry_note = "(database busy or unreachable)"
+    attach_retry_s = 3.5  # a busy SQLite file or a restarting database: waits of 0.5, 1 and 2 s
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, progress: Callable[[str], None] | None = None,
+                 warn: Callable[[str], None] | None = None):
         self.uri = uri
         self.label = f"sql:{mask_uri(uri)}"
+        self.progress = progress or (lambda message: None)
+        self.warn = warn or self.progress
         if uri.startswith("sqlite:///"):
             self.scanner, self.query_function = "sqlite_scanner", "sqlite_query"
             self.target, self.attach_type = str(sqlite_path(uri)), "sqlite"
@@ -197,7 +148,8 @@ def check_schema_revision(con: duckdb.DuckDBPyConnection, uri: str) -> str:
     )
 
 
-def source_for(uri: str, kind: str = "auto", progress: Callable[[str], None] | None = None) -> TraceSource:
+def source_for(uri: str, kind: str = "auto", progress: Callable[[str], None] | None = None,
+               warn: Callable[[str], None] | None = None) -> TraceSource:
     """Pick the source for a tracking URI.
 
     kind: auto (sql for sqlite:/// and postgresql:// stores, api otherwise) | sql | api."""
@@ -205,11 +157,12 @@ def source_for(uri: str, kind: str = "auto", progress: Callable[[str], None] | N
         raise SourceError(f"LLMOPS_TRACE_SOURCE must be auto, sql or api, not {kind!r}")
     direct = uri_scheme(uri) in ("sqlite", *POSTGRES_SCHEMES)
     if kind == "api" or (kind == "auto" and not direct):
+        # Imported when picked: the API reader loads MLflow's client and pyarrow, seconds the SQL reader never pays.
         from resources.api_trace_source import ApiTrackingStore
 
-        return ApiTrackingStore(uri, progress)
+        return ApiTrackingStore(uri, progress, warn)
     if direct:
-        return SqlTrackingStore(uri)
+        return SqlTrackingStore(uri, progress, warn)
     raise SourceError(
         f"LLMOPS_TRACE_SOURCE=sql reads sqlite:/// and postgresql:// stores only; {mask_uri(uri)} is not one. "
         "Use LLMOPS_TRACE_SOURCE=api (or auto)."
@@ -217,20 +170,21 @@ def source_for(uri: str, kind: str = "auto", progress: Callable[[str], None] | N
 
 
 def attach_with_retry(source: TraceSource, con: duckdb.DuckDBPyConnection) -> None:
-    """Attach the source, retrying transient failures; the final error names the URI with secrets masked."""
-    attempts, delay = source.attach_attempts, 0.5
-    for attempt in range(1, attempts + 1):
-        try:
-            source.attach(con)
-            return
-        except SourceError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any I/O or HTTP failure is retried, then reported
-            if attempt == attempts:
-                # `from None`: the original error's text can hold the password; its scrubbed text is kept here.
-                raise SourceError(
-                    f"Could not read the MLflow tracking store {mask_uri(source.uri)} after {attempts} attempt(s) "
-                    f"{source.retry_note}: {scrub(f'{type(exc).__name__}: {exc}', source.uri)}"
-                ) from None
-            time.sleep(delay)
-            delay *= 2
+    """Attach the source, retrying transient failures for `source.attach_retry_s` (each retry logged to
+    `source.warn`); the final error names the URI with secrets masked."""
+
+    def reason(exc: Exception) -> str | None:  # a SourceError is final: retrying cannot change its answer
+        return None if isinstance(exc, SourceError) else scrub(f"{type(exc).__name__}: {exc}", source.uri)
+
+    def log_retry(why: str, retry: int, retries: int, wait_s: float) -> None:
+        source.warn(f"MLflow store {mask_uri(source.uri)} not readable ({why}); retry {retry}/{retries} in "
+                        f"{round(wait_s, 1):g} s")
+
+    try:
+        call_with_retries(lambda _seconds_left: source.attach(con), budget_s=source.attach_retry_s,
+                          first_delay_s=0.5, retry_reason=reason, on_retry=log_retry)
+    except SourceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any I/O or HTTP failure is retried, then reported
+        # `from None`: the original error's text can hold the password; its scrubbed text is kept here.
+        raise SourceError(f"Could not read the MLflow tracking store {mask_uri(source.uri)}: {reason(exc)}") from None

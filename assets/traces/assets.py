@@ -63,7 +63,7 @@ def trace_warehouse(context: dg.AssetExecutionContext, config: ExtractConfig, ml
     share = config.max_delete_share
     try:
         result: ExtractResult = extract_traces(
-            mlflow.traces(context.log.info), warehouse.path, full_refresh=config.full_refresh,
+            mlflow.traces(context.log.info, context.log.warning), warehouse.path, full_refresh=config.full_refresh,
             switch_source=config.switch_source, progress=context.log.info,
             max_delete_share=env_float(LLMOPS_MAX_DELETE_SHARE, DEFAULT_MAX_DELETE_SHARE) if share is None else share,
         )
