@@ -20,8 +20,8 @@ from dagster._core.launcher.base import CheckRunHealthResult, WorkerStatus
 from dagster._core.launcher.default_run_launcher import DefaultRunLauncher
 from dagster._core.storage.tags import GRPC_INFO_TAG
 
-# "host:pid:start time" of the process a CLI run executes in; the start time tells a reused pid apart.
-WORKER_TAG = "llmops/worker"
+from assets.vocabulary import WORKER_TAG  # "host:pid:start time": the start time tells a reused pid apart
+
 
 
 def _start_time(pid: int) -> str | None:

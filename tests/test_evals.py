@@ -4,6 +4,7 @@ file and a real Dagster instance; the prompt-file sensor; the scorers and the ga
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -15,20 +16,29 @@ from mlflow import MlflowClient
 from assets.evals.dataset import EvalFileError, load_eval_suites
 from assets.evals.runner import EvalOutcome, decide
 from assets.evals.scorers import cites_source, formatting, judge_scorers, required_prefix, sentence_count
-from assets.prompts.registry import (
+from assets.prompts.files import folder_digest
+from assets.prompts.registry import prompt_state
+from assets.vocabulary import (
+    CANDIDATE,
     EVAL_RUN_TAG,
+    NOTE,
+    NOTE_TAG,
     PASS_RATE_TAG,
     PREVIOUS_PRODUCTION,
     PRODUCTION,
     PROMOTED_BY,
+    PROMPT_TAG_PREFIX,
     ROLLED_BACK_AT,
 )
-from orchestration.definitions import defs
-from orchestration.sensors import prompt_files_sensor
+from orchestration.definitions import build_definitions
+from orchestration.sensors import build_sensors
 from resources.mlflow import MlflowResource
 from resources.user_files import UserFilesResource
 from resources.warehouse import WarehouseResource
 from tests.conftest import PROJECT_DIR, edit
+
+defs = build_definitions()
+prompt_files_sensor = {s.name: s for s in build_sensors(True)}["prompt_files_sensor"]
 
 
 @pytest.fixture
@@ -45,8 +55,11 @@ def project(empty_store: Path, tmp_path: Path) -> dict:
 
 
 def run_job(name: str, resources: dict, instance) -> dg.ExecuteInProcessResult:
-    job = defs.resolve_job_def(name)
-    return job.execute_in_process(instance=instance, resources=resources, raise_on_error=False)
+    """The job as defined, bound to the test's resources: execute_in_process(resources=...) does not replace the
+    resources of a job with run config (prompt_rollback), which would then run on the environment's stores."""
+    bound = dg.Definitions(assets=defs.assets, jobs=defs.jobs, resources={**defs.resources, **resources})
+    job = bound.resolve_job_def(name)
+    return job.execute_in_process(instance=instance, raise_on_error=False)
 
 
 def production(client: MlflowClient) -> dict[str, int]:
@@ -69,7 +82,7 @@ def test_release_gates_promotes_with_evidence_and_rolls_back(project: dict):
         assert eval_run.data.metrics["overall_pass_rate"] == 0.9
         assert evidence[PASS_RATE_TAG] == "support_agent_eval=0.9000"
         assert evidence[PROMOTED_BY] == f"dagster run {first.run_id}"
-        assert eval_run.data.tags["llmops.note"].startswith("LLM-judge scorers skipped")
+        assert eval_run.data.tags[NOTE_TAG].startswith("LLM-judge scorers skipped")
         assert eval_run.data.metrics["sentence_count/mean"] == 0.9 and eval_run.data.params["prompt.support_system"] == "1"
         history = first.asset_materializations_for_node("prompt_registry")[0].metadata["history_support_system"].value
         assert "| 1 | candidate |" in history
@@ -82,7 +95,7 @@ def test_release_gates_promotes_with_evidence_and_rolls_back(project: dict):
         assert "| sentence_count |" in gate.metadata["failures"].value
         assert not failing.asset_materializations_for_node("prompt_production")  # blocked by the gate
         assert production(client) == {"support_system": 1, "support_answer": 1}
-        assert client.get_prompt_version_by_alias("support_system", "candidate").version == 2
+        assert client.get_prompt_version_by_alias("support_system", CANDIDATE).version == 2
         history = failing.asset_materializations_for_node("prompt_registry")[0].metadata["history_support_system"].value
         assert "| 2 | candidate |" in history and "| 1 | production |" in history
 
@@ -93,7 +106,7 @@ def test_release_gates_promotes_with_evidence_and_rolls_back(project: dict):
         assert production(client) == {"support_system": 3, "support_answer": 1}
         tags = client.get_prompt_version("support_system", 3).tags
         assert tags[PREVIOUS_PRODUCTION] == "1" and tags[PROMOTED_BY] == f"dagster run {passing.run_id}"
-        assert client.get_run(tags[EVAL_RUN_TAG]).data.tags["llmops.prompt.support_system"] == "3"
+        assert client.get_run(tags[EVAL_RUN_TAG]).data.tags[PROMPT_TAG_PREFIX + "support_system"] == "3"
 
         # 4. rollback restores the version the last promotion replaced, and that version is not re-promoted
         rolled = run_job("prompt_rollback", project, instance)
@@ -102,8 +115,9 @@ def test_release_gates_promotes_with_evidence_and_rolls_back(project: dict):
         assert ROLLED_BACK_AT in client.get_prompt_version("support_system", 3).tags
         again = run_job("prompt_release", project, instance)
         assert again.success and production(client)["support_system"] == 1
-        note = again.asset_materializations_for_node("prompt_production")[0].metadata["production"].value
-        assert "was rolled back" in note
+        metadata = again.asset_materializations_for_node("prompt_production")[0].metadata
+        assert "was rolled back" in metadata[PRODUCTION].value
+        assert metadata[NOTE].value.startswith("Not promoted: support_system v3 was rolled back")
 
     with duckdb.connect(project["warehouse"].path, read_only=True) as con:
         runs = con.sql("SELECT role, gate, overall_pass_rate, prompt_versions FROM eval_runs ORDER BY evaluated_at, role").fetchall()
@@ -145,34 +159,77 @@ def test_promotion_needs_a_passing_evaluation(project: dict):
     assert "No evaluation passed the gate for the candidate versions" in message
 
 
-def test_rollback_without_a_promotion_says_so(project: dict):
+def aliases(client: MlflowClient) -> dict[str, dict[str, int]]:
+    return {name: prompt_state(client, name).aliases for name in ("support_system", "support_answer")}
+
+
+def rollback_outcome(result: dg.ExecuteInProcessResult, instance) -> tuple[str, int, list]:
+    """The rollback's note, how many prompts it changed, and the run's INFO log messages."""
+    metadata = result.asset_materializations_for_node("prompt_production")[0].metadata
+    logs = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.INFO]
+    return metadata[NOTE].value, metadata["changed"].value, logs
+
+
+def test_rollback_with_nothing_promoted_succeeds_with_a_note(project: dict):
+    client = project["mlflow"].client()
     with dg.instance_for_test() as instance:
-        run_job("prompt_release", project, instance)  # first promotion: there is nothing earlier to return to
+        dg.materialize([defs.get_assets_def("prompt_registry")], resources=project, instance=instance)
+        before = aliases(client)
         result = run_job("prompt_rollback", project, instance)
-    message = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
-    assert "records no earlier production version" in message
+        assert result.success
+        note, changed, logs = rollback_outcome(result, instance)
+    assert note == "Nothing to roll back: no promoted production version of ['support_system', 'support_answer']"
+    assert changed == 0 and note in logs
+    assert aliases(client) == before == {"support_system": {CANDIDATE: 1}, "support_answer": {CANDIDATE: 1}}
+
+
+def test_rolling_back_the_first_promotion_has_nothing_to_return_to(project: dict):
+    client = project["mlflow"].client()
+    with dg.instance_for_test() as instance:
+        assert run_job("prompt_release", project, instance).success
+        before = aliases(client)
+        result = run_job("prompt_rollback", project, instance)
+        assert result.success
+        note, changed, logs = rollback_outcome(result, instance)
+    assert note == ("Nothing to roll back: the last promotion (support_system v1, support_answer v1) replaced no "
+                    "earlier production version")
+    assert changed == 0 and note in logs
+    assert aliases(client) == before and production(client) == {"support_system": 1, "support_answer": 1}
+    assert ROLLED_BACK_AT not in client.get_prompt_version("support_system", 1).tags
+
+
+def prompt_tick(project: dict, instance, cursor: str | None):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"user_files": project["user_files"]})
+    return prompt_files_sensor.evaluate_tick(context)
 
 
 def test_sensor_requests_one_release_per_change(project: dict):
     prompts = Path(project["user_files"].prompts_dir)
-    resources = {"user_files": project["user_files"]}
     with dg.instance_for_test() as instance:
-        def tick(cursor):
-            context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
-            return prompt_files_sensor.evaluate_tick(context)
-
-        first = tick(None)
+        first = prompt_tick(project, instance, None)  # files never released: a change
         assert len(first.run_requests) == 1 and prompt_files_sensor.job_name == "prompt_release"
-        unchanged = tick(first.cursor)
+        unchanged = prompt_tick(project, instance, first.cursor)
         assert not unchanged.run_requests and unchanged.cursor == first.cursor
         original = (prompts / "support_answer.yaml").read_text()
         edit(prompts / "support_answer.yaml", "Tools:", "Tool results:")
-        changed = tick(first.cursor)
+        changed = prompt_tick(project, instance, first.cursor)
         (prompts / "support_answer.yaml").write_text(original)
-        reverted = tick(changed.cursor)
+        reverted = prompt_tick(project, instance, changed.cursor)
     keys = [r.run_requests[0].run_key for r in (first, changed, reverted)]
     assert len(set(keys)) == 3, keys  # going back to earlier content is a change too, with a new run key
     assert keys[0].split("-")[-1] == keys[2].split("-")[-1]  # ... of the same content digest
+
+
+def test_sensor_first_tick_launches_nothing_for_files_already_released(project: dict):
+    prompts = Path(project["user_files"].prompts_dir)
+    with dg.instance_for_test() as instance:
+        assert run_job("prompt_release", project, instance).success
+        first = prompt_tick(project, instance, None)
+        assert not first.run_requests and "unchanged" in first.skip_message
+        assert json.loads(first.cursor)["digest"] == folder_digest(prompts)
+        edit(prompts / "support_answer.yaml", "Tools:", "Tool results:")
+        assert len(prompt_tick(project, instance, first.cursor).run_requests) == 1
+        assert len(prompt_tick(project, instance, None).run_requests) == 1  # differs from what was released
 
 
 def test_eval_suite_errors_name_file_and_line(tmp_path: Path):

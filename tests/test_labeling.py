@@ -9,6 +9,7 @@ import json
 import os
 import random
 import sqlite3
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,8 +24,8 @@ from mlflow.tracking._model_registry import utils as registry_utils
 from assets.labeling.rules import RulesFileError, load_rules
 from assets.labeling.sessions import CONTROL_TAG, feedback_after
 from assets.traces.extract import extract_traces
-from orchestration.definitions import defs
-from orchestration.sensors import negative_feedback_sensor
+from orchestration.definitions import build_definitions
+from orchestration.sensors import build_sensors
 from resources.agent.backends import OfflineBackend
 from resources.agent.demo_agent import DemoAgent, record_trace
 from resources.mlflow import MlflowResource
@@ -34,6 +35,9 @@ from resources.warehouse import WarehouseResource
 from tests.conftest import PROJECT_DIR
 from tests.fake_databricks import FakeReviewAppWorkspace
 from tests.oracle import downgrade
+
+defs = build_definitions()
+negative_feedback_sensor = {s.name: s for s in build_sensors(True)}["negative_feedback_sensor"]
 
 
 @pytest.fixture
@@ -168,23 +172,78 @@ def test_equal_last_updated_times_are_neither_skipped_nor_repeated(loop: dict):
     assert queue_items(loop) == {today(): sorted(loop["traces"][:7])}
 
 
-def test_the_cursor_waits_for_feedback_that_may_still_be_committing(loop: dict, monkeypatch):
-    monkeypatch.setenv("LLMOPS_FEEDBACK_SETTLE_S", "60")
-    thumbs(loop, loop["traces"][:3], False)
+def batch_ids(result) -> list[str]:
+    return [i for r in result.run_requests for i in r.run_config["ops"]["labeling_sessions"]["config"]["assessment_ids"]]
+
+
+def read_ms(loop: dict) -> int:
+    with duckdb.connect(loop["resources"]["warehouse"].path, read_only=True) as con:
+        return con.execute("SELECT max(source_read_ms) FROM _extract_runs").fetchone()[0]
+
+
+def later_extract(loop: dict, seconds: int) -> None:
+    """As if the last extract had read the source `seconds` later (nothing new in it)."""
+    with duckdb.connect(loop["resources"]["warehouse"].path) as con:
+        con.execute("UPDATE _extract_runs SET source_read_ms = source_read_ms + ?", [seconds * 1000])
+
+
+def test_feedback_logged_just_before_an_extract_is_routed_after_it(loop: dict, monkeypatch):
+    monkeypatch.setenv("LLMOPS_FEEDBACK_SETTLE_S", "60")  # the default
+    thumbs(loop, loop["traces"][:1], False)
+    time.sleep(1)
     extract(loop)
-    with sqlite3.connect(loop["store"]) as db:  # two were last updated well before the extract, one just before
-        db.execute("UPDATE assessments SET last_updated_timestamp = last_updated_timestamp - 120000 "
-                   "WHERE trace_id IN (?, ?)", loop["traces"][:2])
+    with dg.instance_for_test() as instance:
+        (request,) = tick(loop, instance, None).run_requests  # within the settling time, yet copied: routed now
+        assert run(loop, instance, request).success
+    assert queue_items(loop) == {today(): loop["traces"][:1]}
+
+
+def test_feedback_committed_after_an_extract_read_the_source_is_routed_after_the_next(loop: dict, monkeypatch):
+    monkeypatch.setenv("LLMOPS_FEEDBACK_SETTLE_S", "60")
+    thumbs(loop, loop["traces"][:1], False)
     extract(loop)
     with dg.instance_for_test() as instance:
         first = tick(loop, instance, None)
-        (request,) = first.run_requests  # within the last 60 s, the third may have company still committing
-        assert len(request.run_config["ops"]["labeling_sessions"]["config"]["assessment_ids"]) == 2
-        assert not tick(loop, instance, first.cursor).run_requests
-        with duckdb.connect(loop["resources"]["warehouse"].path) as con:  # a later extract, a minute on
-            con.execute("UPDATE _extract_runs SET source_read_ms = source_read_ms + 60000")
-        (later,) = tick(loop, instance, first.cursor).run_requests
-        assert len(later.run_config["ops"]["labeling_sessions"]["config"]["assessment_ids"]) == 1
+        assert len(batch_ids(first)) == 1
+        # last updated before the extract read the source (and before the feedback routed), committed after it
+        thumbs(loop, loop["traces"][1:2], False)
+        with sqlite3.connect(loop["store"]) as db:
+            db.execute("UPDATE assessments SET last_updated_timestamp = (SELECT min(last_updated_timestamp) - 1 FROM "
+                       "assessments) WHERE trace_id = ?", [loop["traces"][1]])
+            (late, late_ms), = db.execute("SELECT assessment_id, last_updated_timestamp FROM assessments "
+                                          "WHERE trace_id = ?", [loop["traces"][1]]).fetchall()
+        assert late_ms < read_ms(loop)
+        assert not tick(loop, instance, first.cursor).run_requests  # not copied yet
+        extract(loop)
+        later = tick(loop, instance, first.cursor)
+        assert batch_ids(later) == [late]
+        assert all(run(loop, instance, r).success for r in first.run_requests + later.run_requests)
+    assert queue_items(loop) == {today(): sorted(loop["traces"][:2])}
+
+
+def test_no_feedback_is_routed_twice_across_ticks_and_extracts(loop: dict, monkeypatch):
+    monkeypatch.setenv("LLMOPS_FEEDBACK_SETTLE_S", "60")
+    thumbs(loop, loop["traces"][:3], False)
+    extract(loop)
+    with dg.instance_for_test() as instance:
+        first = tick(loop, instance, None)
+        assert [r.run_key for r in tick(loop, instance, None).run_requests] == [r.run_key for r in first.run_requests]
+        thumbs(loop, loop["traces"][3:5], False)
+        extract(loop)
+        second = tick(loop, instance, first.cursor)
+        assert not tick(loop, instance, second.cursor).run_requests
+        extract(loop)  # nothing new in the source
+        third = tick(loop, instance, second.cursor)
+        later_extract(loop, 120)  # the settling time has passed over all of it
+        fourth = tick(loop, instance, third.cursor)
+        ticks = (first, second, third, fourth)
+        assert [len(batch_ids(t)) for t in ticks] == [3, 2, 0, 0]
+        assert all(run(loop, instance, r).success for t in ticks for r in t.run_requests)
+    cursor = json.loads(fourth.cursor)
+    assert cursor["routed"] == {}  # forgotten once the cursor passed them
+    with duckdb.connect(loop["resources"]["warehouse"].path, read_only=True) as con:
+        assert con.execute("SELECT max(last_updated_ms) FROM assessments").fetchone()[0] == cursor["last_updated_ms"]
+    assert queue_items(loop) == {today(): sorted(loop["traces"][:5])}
 
 
 def test_controls_and_rolling_sessions(loop: dict):
@@ -240,7 +299,7 @@ def test_sensor_state_is_a_json_cursor(loop: dict):
     with dg.instance_for_test() as instance:
         result = tick(loop, instance, None)
     cursor = json.loads(result.cursor)
-    assert set(cursor) == {"last_updated_ms", "assessment_id"} and cursor["assessment_id"].startswith("a-")
+    assert set(cursor) == {"last_updated_ms", "assessment_id", "routed"} and cursor["assessment_id"].startswith("a-")
 
 
 def test_a_run_launched_without_a_batch_routes_every_feedback_once(loop: dict):

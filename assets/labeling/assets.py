@@ -26,8 +26,9 @@ class LabelingBatch(dg.Config):
         default=[], description="The feedback to route (set by negative_feedback_sensor); empty: every feedback in "
         "the warehouse, which adds only what no session of its rule has yet.")
     batch_key: str = Field(default="", description="Seeds the choice of controls; the sensor's run key.")
-    until_ms: int | None = Field(default=None, description="Controls come from feedback last updated by then (the "
-                                 "sensor's page end, so a retried batch draws the same); default: all feedback.")
+    until_ms: int | None = Field(default=None, description="Controls come from feedback last updated by then (set "
+                                 "by the sensor to settled feedback only, so a retried batch draws the same); "
+                                 "default: all feedback.")
 
 
 def _rules(user_files: UserFilesResource):
