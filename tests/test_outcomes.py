@@ -21,7 +21,6 @@ from assets.insights.dimensions import CorrelationsRequest, correlations
 from assets.insights.outcomes import OutcomeRules, OutcomesFileError, load_outcomes, outcomes, outcomes_path
 from assets.insights.queries import TRACES
 from assets.insights.registry import Dimension, Population, mlflow_filter_string, phrase, population, trace_ids
-from assets.insights.report import render_report
 from assets.insights.rollups import write_rollups, write_root_causes
 from assets.traces.extract import extract_traces
 from resources import settings
@@ -234,7 +233,7 @@ def test_root_causes_are_positive_supported_and_in_plain_words(built: Built, tmp
             len(production), len(with_outcome), len(with_cause), len(with_outcome & with_cause)), row
 
 
-def test_evaluation_traces_count_only_when_asked_for(built: Built, tmp_path: Path):
+def test_evaluation_traces_count_only_when_asked_for(built: Built):
     error = Dimension(name="status", parameters={"value": "ERROR"})
     with sqlalchemy_engine(built.warehouse).connect() as conn:
         counted = {flag: correlations(conn, CorrelationsRequest(experiment_ids=[built.production], dimension=error,
@@ -252,10 +251,6 @@ def test_evaluation_traces_count_only_when_asked_for(built: Built, tmp_path: Pat
         production_only = write_root_causes(conn, OutcomeRules(min_support=1))
     assert built.evaluations_only in {r["experiment_id"] for r in with_evaluations}
     assert built.evaluations_only not in {r["experiment_id"] for r in production_only}
-    with sqlalchemy_engine(built.warehouse).connect() as conn:
-        assert render_report(conn, tmp_path / "a.html").experiments == [built.production]
-        assert render_report(conn, tmp_path / "b.html", include_evaluations=True).experiments == sorted(
-            [built.production, built.evaluations_only])
 
 
 def test_the_root_causes_asset_reads_the_outcomes_file(built: Built, tmp_path: Path):

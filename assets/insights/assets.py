@@ -7,7 +7,7 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
 
-from assets.insights.report import render_report
+from assets.insights.report import REPORT_FILE, render_report
 from assets.insights.outcomes import load_outcomes, outcomes_path
 from assets.insights.rollups import write_rollups, write_root_causes
 from assets.traces.quality import markdown_table
@@ -27,8 +27,8 @@ class RootCauseConfig(dg.Config):
 
 class ReportConfig(dg.Config):
     reports_dir: str | None = Field(default=None, description="Folder of insights.html; default $LLMOPS_REPORTS_DIR.")
-    include_evaluations: bool = Field(default=False, description="Also report experiments holding only evaluation "
-                                      "traces.")
+    include_evaluations: bool = Field(default=False, description="Also report the traces of evaluation runs, in "
+                                      "their own Evaluations section (never mixed into the production charts).")
 
 
 @dg.asset(
@@ -81,16 +81,23 @@ def root_causes(context: dg.AssetExecutionContext, config: RootCauseConfig,
 
 @dg.asset(
     **COMMON, deps=[insights_rollups, root_causes], kinds={"html", "plotly"},
-    description="An HTML report of charts: volume, latency and error rate over time, tools with error rates, "
-    "feedback trend, and a root-cause heatmap. Its path is in the materialization's metadata.",
+    description="An HTML report of charts per experiment, production traffic only unless configured: volume, "
+    "latency, error rate, tokens and cost over time, tools with error rates, feedback trend, and a root-cause "
+    "heatmap. Served by `llmops serve` at /report; the link (with LLMOPS_PUBLIC_URL) or the path is in the metadata.",
 )
 def insights_report(config: ReportConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    folder = Path(config.reports_dir or os.environ[settings.LLMOPS_REPORTS_DIR]).resolve()
+    served = os.environ.get(settings.LLMOPS_REPORTS_DIR)
+    # `llmops serve` answers the report of $LLMOPS_REPORTS_DIR: one written elsewhere gets its path only
+    is_served = served is not None and folder == Path(served).resolve()
+    public_url = settings.checked(settings.LLMOPS_PUBLIC_URL)
+    link = f"{public_url.rstrip('/')}/report" if is_served and public_url else None
     with warehouse.engine(read_only=True).connect() as conn:
-        folder = config.reports_dir or os.environ[settings.LLMOPS_REPORTS_DIR]
-        report = render_report(conn, Path(folder).resolve() / "insights.html", config.include_evaluations)
+        report = render_report(conn, folder / REPORT_FILE, config.include_evaluations)
     return dg.MaterializeResult(metadata={
-        "report": dg.MetadataValue.url(report.path.as_uri()),
+        **({"report": dg.MetadataValue.url(link)} if link else {}),
         "path": dg.MetadataValue.path(str(report.path)),
         "charts": dg.MetadataValue.int(report.charts),
         "experiments": dg.MetadataValue.json(report.experiments),
+        "evaluations": dg.MetadataValue.json(report.evaluations),
     })

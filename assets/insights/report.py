@@ -1,14 +1,29 @@
 """The insights report: one self-contained HTML page of Plotly charts, a section per experiment (no Dagster).
 
-Drawn from the daily rollups and `root_causes` the insights assets write: volume, latency and error rate over
-time, the tools with their error rates, the feedback trend, and a heatmap of what goes with each bad outcome, in
-plain words. Experiments holding only evaluation traces are left out unless asked for. plotly.js is inlined once,
-so the page opens offline and from a file.
+Production and evaluations apart: a trace made inside an MLflow run (metadata `mlflow.sourceRun`,
+`registry.EVALUATION_TRACES`; every trace of mlflow.genai.evaluate) is an evaluation trace, any other a production
+trace. The report charts production traffic: a section per experiment with production traces, over those traces
+only. With `include_evaluations` an "Evaluations" part follows, a section per experiment with evaluation traces, over
+those only. An experiment holding both appears in both parts; no chart mixes the two. Each section is drawn from the
+daily rollup queries (`rollups.rollup_queries`) split by that rule, so the charts of an experiment without
+evaluations equal its `insights_*_daily` rows. Root causes (the `root_causes` table, over the traces that asset was
+configured to count) are shown in production sections only.
+
+A section charts volume, latency, error rate, tokens and cost per day, the tools with their error rates, the
+feedback trend, and a heatmap of what goes with each bad outcome, in plain words; its title is the experiment's name
+(its id when the warehouse has no name for it). Day axes are UTC dates, a tick a day (every few days over long
+ranges), padded half a day each side, with bars and markers, so a single day draws one labelled day, never a
+millisecond scale. A chart of several series has a legend; a single-series chart names its series in its title.
+
+plotly.js is inlined once, so the page opens offline, from a file or served by `llmops serve` (`GET /report`). The
+file is replaced whole, so a reader never gets half a report.
 """
 
 from __future__ import annotations
 
 import html
+import math
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,56 +34,115 @@ import sqlalchemy as sa
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from assets.insights.queries import TRACES
+from assets.insights.queries import ASSESSMENTS, EXPERIMENTS, SPANS, TRACES
 from assets.insights.registry import EVALUATION_TRACES
+from assets.insights.rollups import rollup_queries
 
+REPORT_FILE = "insights.html"  # in the reports folder; `llmops serve` answers it at GET /report
 HEATMAP_DIMENSIONS = 15  # columns of the root-cause heatmap: the dimensions with the highest NPMI anywhere
+MAX_DAY_TICKS = 15  # past this many days, a tick every few days
+DAY_MS = 86_400_000
+BAR_WIDTH_MS = 0.8 * DAY_MS  # a bar per day, with a gap between days
+PRODUCTION, EVALUATION = "production", "evaluation"
+# The daily rollups the sections are drawn from, and the table whose trace_id says production or evaluation.
+DAILY_ROLLUPS = {"traffic": TRACES, "tools": SPANS, "assessments": ASSESSMENTS}
+
+
+@dataclass
+class Section:
+    kind: str  # PRODUCTION or EVALUATION
+    experiment_id: str
+    title: str
+    figures: list[go.Figure]
+    root_causes: str | None  # the top root-cause table (HTML); production sections only
 
 
 @dataclass
 class Report:
     path: Path
     charts: int
-    experiments: list[str]
+    experiments: list[str]  # production sections
+    evaluations: list[str]  # sections of the Evaluations part
 
 
-def _frame(conn: sa.Connection, sql: str, experiment_id: str) -> pd.DataFrame:
-    result = conn.execute(sa.text(sql), {"experiment_id": experiment_id})
-    frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-    if "time_bucket" in frame:
-        frame["day"] = pd.to_datetime(frame["time_bucket"], unit="ms", utc=True)
-    return frame
+def _daily_rollups(conn: sa.Connection) -> dict[str, pd.DataFrame]:
+    """Each daily rollup, with a column `kind`: its rows over production traces and over evaluation traces."""
+    frames = {}
+    for name, table in DAILY_ROLLUPS.items():
+        kind = sa.case((table.c.trace_id.in_(EVALUATION_TRACES), EVALUATION), else_=PRODUCTION).label("kind")
+        query = rollup_queries()[f"insights_{name}_daily"].add_columns(kind).group_by(kind).order_by("time_bucket")
+        # Constants inlined, as write_rollups does: DuckDB matches a GROUP BY expression to the selected one only
+        # when their constants are the same, not two parameters.
+        result = conn.exec_driver_sql(str(query.compile(conn, compile_kwargs={"literal_binds": True})))
+        frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+        frame["day"] = pd.to_datetime(frame["time_bucket"], unit="ms")  # naive UTC: plotly.js has no time zones
+        frames[name] = frame
+    return frames
 
 
-def _traffic_figures(traffic: pd.DataFrame) -> list[go.Figure]:
+def _root_causes(conn: sa.Connection) -> pd.DataFrame:
+    result = conn.execute(sa.text("SELECT * FROM root_causes ORDER BY outcome, outcome_value, rank"))
+    return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+
+def _day_axis(days: pd.Series) -> dict:
+    """An x axis of whole UTC days from the first to the last of `days`, half a day of margin each side."""
+    first, last = days.min(), days.max()
+    every = math.ceil(((last - first).days + 1) / MAX_DAY_TICKS)
+    return {"type": "date", "range": [first - pd.Timedelta(hours=12), last + pd.Timedelta(hours=12)],
+            "tick0": first, "dtick": every * DAY_MS, "tickformat": "%Y-%m-%d", "title": "day (UTC)"}
+
+
+def _traffic_figures(traffic: pd.DataFrame, days: dict) -> list[go.Figure]:
     volume = go.Figure([
-        go.Bar(x=traffic["day"], y=traffic["ok_count"], name="OK", marker_color="#2ca02c"),
-        go.Bar(x=traffic["day"], y=traffic["error_count"], name="ERROR", marker_color="#d62728"),
+        go.Bar(x=traffic["day"], y=traffic["ok_count"], name="OK", marker_color="#2ca02c", width=BAR_WIDTH_MS),
+        go.Bar(x=traffic["day"], y=traffic["error_count"], name="ERROR", marker_color="#d62728", width=BAR_WIDTH_MS),
     ])
-    volume.update_layout(barmode="stack", title="Traces per day", yaxis_title="traces")
+    volume.update_layout(barmode="stack", title="Traces per day by status", yaxis_title="traces", xaxis=days,
+                         showlegend=True)
     latency = go.Figure([
         go.Scatter(x=traffic["day"], y=traffic[f"p{p}_latency"], mode="lines+markers", name=f"p{p}")
         for p in (50, 95, 99)
     ])
-    latency.update_layout(title="Latency per day (ms)", yaxis_title="ms")
+    latency.update_layout(title="Latency percentiles per day (ms)", yaxis_title="ms", xaxis=days, showlegend=True)
     errors = go.Figure(go.Scatter(x=traffic["day"], y=traffic["error_count"] / traffic["count"], mode="lines+markers",
                                   name="error rate", line_color="#d62728"))
-    errors.update_layout(title="Error rate per day", yaxis_tickformat=".0%")
+    errors.update_layout(title="Error rate per day (share of traces with status ERROR)", yaxis_tickformat=".0%",
+                         yaxis_rangemode="tozero", xaxis=days)
     return [volume, latency, errors]
 
 
-def _tools_figure(tools: pd.DataFrame) -> go.Figure:
+def _tokens_figure(traffic: pd.DataFrame, days: dict) -> go.Figure | None:
+    if not (traffic["total_tokens"].any() or traffic["total_cost"].any()):
+        return None  # no trace recorded its usage
+    figure = make_subplots(specs=[[{"secondary_y": True}]])
+    figure.add_trace(go.Bar(x=traffic["day"], y=traffic["input_tokens"], name="input tokens", marker_color="#1f77b4",
+                            width=BAR_WIDTH_MS))
+    figure.add_trace(go.Bar(x=traffic["day"], y=traffic["output_tokens"], name="output tokens", marker_color="#aec7e8",
+                            width=BAR_WIDTH_MS))
+    figure.add_trace(go.Scatter(x=traffic["day"], y=traffic["total_cost"], name="total cost (USD)",
+                                mode="lines+markers", line_color="#ff7f0e"), secondary_y=True)
+    figure.update_layout(barmode="stack", title="Tokens and cost per day", xaxis=days, showlegend=True)
+    figure.update_yaxes(title_text="tokens", secondary_y=False)
+    figure.update_yaxes(title_text="USD", tickformat="$.3~g", rangemode="tozero", secondary_y=True)
+    return figure
+
+
+def _tools_figure(tools: pd.DataFrame) -> go.Figure | None:
+    if tools.empty:
+        return None
     totals = tools.groupby("tool_name")[["calls", "error_count"]].sum().sort_values("calls", ascending=False)
     figure = make_subplots(specs=[[{"secondary_y": True}]])
     figure.add_trace(go.Bar(x=totals.index, y=totals["calls"], name="calls", marker_color="#1f77b4"))
     figure.add_trace(go.Scatter(x=totals.index, y=totals["error_count"] / totals["calls"], name="error rate",
                                 mode="markers", marker={"size": 14, "color": "#d62728"}), secondary_y=True)
-    figure.update_layout(title="Tools: calls and error rate")
-    figure.update_yaxes(title_text="error rate", tickformat=".0%", secondary_y=True)
+    figure.update_layout(title="Tools: calls and error rate", xaxis_type="category", showlegend=True)
+    figure.update_yaxes(title_text="calls", secondary_y=False)
+    figure.update_yaxes(title_text="error rate", tickformat=".0%", rangemode="tozero", secondary_y=True)
     return figure
 
 
-def _feedback_figure(assessments: pd.DataFrame) -> go.Figure | None:
+def _feedback_figure(assessments: pd.DataFrame, days: dict) -> go.Figure | None:
     boolean = assessments[assessments["value"].isin(["true", "false"])]
     if boolean.empty:
         return None
@@ -79,7 +153,8 @@ def _feedback_figure(assessments: pd.DataFrame) -> go.Figure | None:
                    name=f"{name}: share true")
         for name, rows in per_day.groupby("name")
     ])
-    figure.update_layout(title="Feedback trend (boolean feedback: share of true per day)", yaxis_tickformat=".0%")
+    figure.update_layout(title="Feedback trend (boolean feedback: share of true per day)", yaxis_tickformat=".0%",
+                         yaxis_range=[0, 1.05], xaxis=days, showlegend=True)
     return figure
 
 
@@ -111,45 +186,63 @@ def _root_cause_table(causes: pd.DataFrame, per_outcome: int = 5) -> str:
             f"<th>together / with the dimension</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
+def report_sections(conn: sa.Connection, include_evaluations: bool = False) -> tuple[list[Section], list[Section]]:
+    """The production sections, and the Evaluations part's (empty unless `include_evaluations`), by experiment id."""
+    rollups = _daily_rollups(conn)
+    causes = _root_causes(conn)
+    names = dict(conn.execute(sa.select(EXPERIMENTS.c.experiment_id, EXPERIMENTS.c.name)).all())
+    parts: dict[str, list[Section]] = {PRODUCTION: [], EVALUATION: []}
+    for kind in (PRODUCTION, EVALUATION) if include_evaluations else (PRODUCTION,):
+        of_kind = {name: frame[frame["kind"] == kind] for name, frame in rollups.items()}
+        for experiment_id, traffic in of_kind["traffic"].groupby("experiment_id", sort=True):
+            tools, assessments = (of_kind[name][of_kind[name]["experiment_id"] == experiment_id]
+                                  for name in ("tools", "assessments"))
+            days = _day_axis(traffic["day"])
+            figures = [*_traffic_figures(traffic, days), _tokens_figure(traffic, days), _tools_figure(tools),
+                       _feedback_figure(assessments, days)]
+            experiment_causes = causes[causes["experiment_id"] == experiment_id] if kind == PRODUCTION else None
+            if experiment_causes is not None:
+                figures.append(_root_cause_figure(experiment_causes))
+            name = names.get(experiment_id) or f"Experiment {experiment_id}"
+            parts[kind].append(Section(
+                kind=kind, experiment_id=experiment_id, title=f"{name}: {int(traffic['count'].sum())} {kind} traces",
+                figures=[f for f in figures if f is not None],
+                root_causes=None if experiment_causes is None else _root_cause_table(experiment_causes)))
+    return parts[PRODUCTION], parts[EVALUATION]
+
+
+def _section_html(section: Section) -> str:
+    heading = "h2" if section.kind == PRODUCTION else "h3"  # evaluation sections sit under "Evaluations"
+    charts = "".join(
+        f'<div class="chart">{f.to_html(full_html=False, include_plotlyjs=False, default_height=360)}</div>'
+        for f in section.figures
+    )
+    causes = "" if section.root_causes is None else f"<h3>Top root causes</h3>{section.root_causes}"
+    return (f'<section id="{section.kind}-{html.escape(section.experiment_id)}"><{heading}>{html.escape(section.title)}'
+            f"</{heading}>{charts}{causes}</section>")
+
+
 def render_report(conn: sa.Connection, path: Path, include_evaluations: bool = False) -> Report:
-    """Write the report for every experiment in the rollups to `path`; those holding only evaluation traces only
-    with `include_evaluations`."""
-    daily = sa.table("insights_traffic_daily", sa.column("experiment_id"))
-    select = sa.select(daily.c.experiment_id).distinct().order_by(daily.c.experiment_id)
-    if not include_evaluations:
-        select = select.where(daily.c.experiment_id.in_(
-            sa.select(TRACES.c.experiment_id).where(TRACES.c.trace_id.not_in(EVALUATION_TRACES))))
-    experiments = list(conn.execute(select).scalars())
-    sections, charts = [], 0
-    for experiment_id in experiments:
-        traffic = _frame(conn, "SELECT * FROM insights_traffic_daily WHERE experiment_id = :experiment_id "
-                               "ORDER BY time_bucket", experiment_id)
-        tools = _frame(conn, "SELECT * FROM insights_tools_daily WHERE experiment_id = :experiment_id", experiment_id)
-        assessments = _frame(conn, "SELECT * FROM insights_assessments_daily WHERE experiment_id = :experiment_id "
-                                   "ORDER BY time_bucket", experiment_id)
-        causes = _frame(conn, "SELECT * FROM root_causes WHERE experiment_id = :experiment_id "
-                              "ORDER BY outcome, outcome_value, rank", experiment_id)
-        figures = _traffic_figures(traffic)
-        if not tools.empty:
-            figures.append(_tools_figure(tools))
-        figures += [f for f in (_feedback_figure(assessments), _root_cause_figure(causes)) if f is not None]
-        charts += len(figures)
-        body = "".join(
-            f'<div class="chart">{f.to_html(full_html=False, include_plotlyjs=False, default_height=360)}</div>'
-            for f in figures
-        )
-        sections.append(
-            f"<section><h2>Experiment {html.escape(experiment_id)}: {int(traffic['count'].sum())} traces</h2>"
-            f"{body}<h3>Top root causes</h3>{_root_cause_table(causes)}</section>"
-        )
+    """Write the report to `path`: production traffic per experiment; with `include_evaluations`, then the
+    Evaluations part."""
+    production, evaluations = report_sections(conn, include_evaluations)
+    body = "".join(_section_html(s) for s in production) or "<p>The warehouse has no production traces yet.</p>"
+    if include_evaluations:
+        body += ('<section id="evaluations"><h2>Evaluations</h2><p>Traces of evaluation runs '
+                 "(mlflow.genai.evaluate), kept out of the production charts above.</p>"
+                 + ("".join(_section_html(s) for s in evaluations) or "<p>No evaluation traces yet.</p>")
+                 + "</section>")
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>llmops insights</title>"
         f"<script>{get_plotlyjs()}</script><style>body{{font-family:sans-serif;margin:2em}}"
         ".chart{margin-bottom:1em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
         f"</style></head><body><h1>Trace insights</h1><p>Generated {generated} from the DuckDB warehouse.</p>"
-        + ("".join(sections) or "<p>The warehouse has no traces yet.</p>") + "</body></html>",
+        f"{body}</body></html>",
         encoding="utf-8",
     )
-    return Report(path=path, charts=charts, experiments=experiments)
+    os.replace(partial, path)  # atomic: `llmops serve` answers the old report or the new one, never half of one
+    return Report(path=path, charts=sum(len(s.figures) for s in production + evaluations),
+                  experiments=[s.experiment_id for s in production], evaluations=[s.experiment_id for s in evaluations])
