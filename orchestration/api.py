@@ -9,7 +9,10 @@ MAX_BODY_BYTES), UNAUTHENTICATED → 401, PERMISSION_DENIED → 403, RESOURCE_NO
 MLflow routes) and ENDPOINT_NOT_FOUND → 404,
 TEMPORARILY_UNAVAILABLE → 503 with Retry-After.
 
-With a token configured, every route but `GET /health` (the OpenAPI page too) needs `Authorization: Bearer <token>`.
+`GET /report` answers the HTML insights report the `insights_report` asset last rendered (404 before the first).
+
+With a token configured, every route but `GET /health` (the OpenAPI page and the report too) needs
+`Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import duckdb
 import sqlalchemy as sa
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from google.protobuf.json_format import ParseDict, ParseError
 from google.protobuf.message import Message
 from mlflow.exceptions import MlflowException
@@ -42,14 +45,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from assets.insights import breakdowns, dimensions, queries, trace_metrics
 from assets.insights.npmi import DimensionError
 from assets.insights.queries import InsightsQuery, known_experiments
+from assets.insights.report import REPORT_FILE
 from assets.labeling.feedback import FeedbackError, FeedbackLinker, FeedbackRequest, FeedbackResponse
 from assets.yaml_files import InvalidFilesError
+from resources.settings import LLMOPS_API_TOKEN, LLMOPS_API_TOKENS
 from resources.warehouse import attached_engine
 
 PREFIX = "/api/3.0/mlflow/traces/insights"
 MLFLOW_PREFIX = "/api/3.0/mlflow/traces"  # MLflow's own trace-analytics routes
-API_TOKEN_ENV = "LLMOPS_API_TOKEN"  # one token for every caller
-API_TOKENS_ENV = "LLMOPS_API_TOKENS"  # per-client tokens, `alice=tok1,bob=tok2`
 MAX_BODY_BYTES = 1_000_000
 DRAIN_BYTES = 16_000_000  # a larger body is refused unread
 MAX_MESSAGE = 1_000  # characters of an error message
@@ -161,9 +164,9 @@ def parse_client_tokens(text: str) -> dict[str, str]:
     for number, entry in enumerate((e.strip() for e in text.split(",") if e.strip()), 1):
         name, _, token = (part.strip() for part in entry.partition("="))
         if not CLIENT_NAME.fullmatch(name) or not token:
-            raise ValueError(f"{API_TOKENS_ENV}: entry {number} is not name=token (a name of letters, digits and . @ _ -)")
+            raise ValueError(f"{LLMOPS_API_TOKENS}: entry {number} is not name=token (a name of letters, digits and . @ _ -)")
         if name in clients:
-            raise ValueError(f"{API_TOKENS_ENV}: client {name!r} is listed twice")
+            raise ValueError(f"{LLMOPS_API_TOKENS}: client {name!r} is listed twice")
         clients[name] = token
     return clients
 
@@ -223,8 +226,8 @@ class _Gate:
         # every token compared, each in constant time: how long the answer takes does not reveal a token's content
         matches = [name for token, name in self.callers.items() if hmac.compare_digest(given.strip(), token)]
         if scheme.lower() != b"bearer" or not matches:
-            raise ApiError("UNAUTHENTICATED", f"Send `Authorization: Bearer <token>` with a token of {API_TOKEN_ENV} "
-                           f"or {API_TOKENS_ENV}.")
+            raise ApiError("UNAUTHENTICATED", f"Send `Authorization: Bearer <token>` with a token of {LLMOPS_API_TOKEN} "
+                           f"or {LLMOPS_API_TOKENS}.")
         return matches[0]
 
     @staticmethod
@@ -248,10 +251,11 @@ class _Gate:
 
 
 def create_app(warehouse_path: str, tracking_uri: str | None = None, *, token: str | None = None,
-               client_tokens: dict[str, str] | None = None) -> FastAPIOffline:
-    """The app over the warehouse file; with `tracking_uri`, also the feedback API logging into that store. With
-    `token` (shared) or `client_tokens` ({client name: token}), every route but /health needs one of them; a
-    client's name is then the source_id of its feedback."""
+               client_tokens: dict[str, str] | None = None, reports_dir: str | Path | None = None) -> FastAPIOffline:
+    """The app over the warehouse file; with `tracking_uri`, also the feedback API logging into that store; with
+    `reports_dir` (the insights_report asset's folder), also `GET /report`. With `token` (shared) or
+    `client_tokens` ({client name: token}), every route but /health needs one of them; a client's name is then the
+    source_id of its feedback."""
     named = ([(None, token)] if token else []) + list((client_tokens or {}).items())
     if not all(TOKEN.fullmatch(secret) for _, secret in named):
         raise ValueError("API tokens must be printable ASCII without spaces")
@@ -297,6 +301,18 @@ def create_app(warehouse_path: str, tracking_uri: str | None = None, *, token: s
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    if reports_dir is not None:
+        report = Path(reports_dir) / REPORT_FILE
+
+        @app.get("/report", tags=["report"], response_class=HTMLResponse)
+        def insights_report() -> FileResponse:
+            """The insights report (HTML, Plotly charts) the insights_report asset last rendered."""
+            if not report.is_file():
+                raise not_found("The insights report has not been rendered yet: run `llmops extract` (or "
+                                "materialize the insights_report asset).")
+            # no-cache: the browser asks again (cheaply, by ETag) after each render instead of showing an old one
+            return FileResponse(report, media_type="text/html", headers={"Cache-Control": "no-cache"})
 
     if tracking_uri is not None:
         lock = Path(warehouse_path).with_name("feedback.lock")  # shared by every server of this warehouse

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import click
 
+from orchestration.processes import PortUnavailable, ensure_port_free, run_as_group
 from resources import settings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 def _setup() -> dict[str, str]:
+    """The effective settings, defaults filled in; a malformed one stops the command naming it."""
     values = settings.apply_defaults()
+    if found := settings.problems(check_paths=False):
+        raise click.ClickException("; ".join(found) + " (see `llmops config`)")
     values[settings.DAGSTER_HOME] = str(settings.ensure_dagster_home())
     Path(values[settings.LLMOPS_HOME]).mkdir(parents=True, exist_ok=True)
     return values
@@ -34,16 +37,29 @@ def _seed(traces: int, days: float, seed: int, experiment: str) -> None:
     )
 
 
+def _set_verbose(context: click.Context, _parameter: click.Parameter, value: bool) -> None:
+    context.meta["llmops.verbose"] = context.meta.get("llmops.verbose", False) or value
+
+
+verbose_option = click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_set_verbose,
+                              help="Also show Dagster's events as they happen (they are always in the run's log).")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@verbose_option
 def main() -> None:
     """llmops-platform: MLflow traces -> DuckDB warehouse -> insights, orchestrated by Dagster."""
 
 
 @main.command("config")
 def config_command() -> None:
-    """Print the effective configuration (embedded defaults plus your environment)."""
-    for name, value in _setup().items():
-        click.echo(f"{name}={settings.mask_uri(value)}")
+    """Print every setting's effective value (embedded default or your environment) and check them all."""
+    settings.apply_defaults()
+    settings.ensure_dagster_home()
+    for setting in settings.SETTINGS:
+        click.echo(f"{setting.name}={settings.shown_value(setting)}")
+    if found := settings.problems(check_paths=True):
+        raise click.ClickException("\n  ".join(["the configuration has problems:", *found]))
 
 
 @main.command("seed-demo")
@@ -57,36 +73,30 @@ def seed_demo_command(traces: int, days: float, seed: int, experiment: str | Non
     _seed(traces, days, seed, experiment or os.environ[settings.LLMOPS_DEMO_EXPERIMENT])
 
 
-def _materialize(job_name: str, run_config: dict | None = None) -> None:
+def _materialize(job_name: str, run_config: dict | None = None, show_results: bool = True) -> None:
+    """Run a job in this process: a line per step, then its Results block, or the failed step's reason."""
     import dagster as dg
 
-    from orchestration.definitions import defs
+    from orchestration.definitions import build_definitions
+    from orchestration.job_output import run_job
     from orchestration.run_monitoring import fail_dead_runs, this_worker
 
     instance = dg.DagsterInstance.get()
     for run_id in fail_dead_runs(instance):  # or their pool slots would keep this run waiting
         click.echo(f"Marked run {run_id} failed: its llmops process is gone.")
-    result = defs.resolve_job_def(job_name).execute_in_process(
-        instance=instance, run_config=run_config or {}, raise_on_error=False, tags=this_worker()
-    )
-    if not result.success:
-        raise click.ClickException(f"Job '{job_name}' failed: {_failure_reason(result.all_events)}")
-    click.echo(f"Job '{job_name}' succeeded (run {result.run_id}).")
-
-
-def _failure_reason(events: list) -> str:
-    """The first failed step's own words (a `dg.Failure` description or the error's message), else the run's."""
-    for event in events:
-        if event.is_step_failure and (data := event.step_failure_data):
-            if data.user_failure_data and data.user_failure_data.description:
-                return f"{event.step_key}: {data.user_failure_data.description}"
-            if data.error:
-                return f"{event.step_key}: {data.error.message.strip()}"
-    failure = next((e for e in events if e.is_failure), None)
-    return failure.message if failure else "see the run log"
+    click.echo(f"Running job '{job_name}'")
+    outcome = run_job(build_definitions().resolve_job_def(job_name), instance, run_config or {}, this_worker(),
+                      str(Path(os.environ[settings.LLMOPS_HOME]) / "logs"),
+                      click.get_current_context().meta.get("llmops.verbose", False))
+    if not outcome.success:
+        raise click.ClickException(f"Job '{job_name}' failed: {outcome.failure}\nFull log: {outcome.log_path}")
+    if show_results and outcome.results:
+        click.echo("\nResults\n" + "\n".join(f"  {line}" for line in outcome.results))
+    click.echo(f"Job '{job_name}' succeeded (run {outcome.run_id}); full log: {outcome.log_path}")
 
 
 @main.command("extract")
+@verbose_option
 @click.option("--full-refresh", is_flag=True, help="Re-read every trace into a new warehouse file (repairs it).")
 @click.option("--switch-source", is_flag=True,
               help="Accept another tracking store (or one that lost most traces) and rebuild the warehouse from it.")
@@ -101,6 +111,7 @@ def extract_command(full_refresh: bool, switch_source: bool) -> None:
 
 
 @main.command("release-prompts")
+@verbose_option
 def release_prompts_command() -> None:
     """Sync the prompt files, evaluate the candidates and promote them if the gate passes (`prompt_release`)."""
     _setup()
@@ -108,6 +119,7 @@ def release_prompts_command() -> None:
 
 
 @main.command("rollback-prompts")
+@verbose_option
 def rollback_prompts_command() -> None:
     """Move the prompts' `production` alias back to the versions the last promotion replaced."""
     _setup()
@@ -126,6 +138,7 @@ environment_option = click.option(
 
 
 @main.command("deploy")
+@verbose_option
 @environment_option
 def deploy_command() -> None:
     """Register the agent if it changed and deploy it, smoke-tested, to an environment (`agent_release`)."""
@@ -134,6 +147,7 @@ def deploy_command() -> None:
 
 
 @main.command("rollback-agent")
+@verbose_option
 @environment_option
 def rollback_agent_command() -> None:
     """Serve the version the current `champion` replaced again (`agent_rollback`)."""
@@ -162,6 +176,7 @@ def stop_serving_command() -> None:
 
 
 @main.command("demo")
+@verbose_option
 @click.option("--traces", default=300, show_default=True, type=click.IntRange(min=1), help="Demo traces to seed.")
 @click.option("--reseed", is_flag=True, help="Seed more traffic even if the demo experiment already has traces.")
 def demo_command(traces: int, reseed: bool) -> None:
@@ -178,7 +193,7 @@ def demo_command(traces: int, reseed: bool) -> None:
         _seed(traces, 14.0, 7, experiment)
     else:
         click.echo(f"Experiment '{experiment}' already has traces; use --reseed to add more.")
-    _materialize("main")
+    _materialize("main", show_results=False)
 
     from assets.traces.quality import warehouse_summary
     from resources.warehouse import WarehouseResource
@@ -214,7 +229,8 @@ def _production_prompts(uri: str) -> list[tuple]:
     from mlflow import MlflowClient
 
     from assets.prompts.assets import AGENT_PROMPTS
-    from assets.prompts.registry import PRODUCTION, prompt_state
+    from assets.prompts.registry import prompt_state
+    from assets.vocabulary import PRODUCTION
 
     client, found = MlflowClient(uri), []
     for name in AGENT_PROMPTS:
@@ -225,17 +241,20 @@ def _production_prompts(uri: str) -> list[tuple]:
 
 
 @main.command("ui")
-@click.option("--port", default=3000, show_default=True, help="Port of the Dagster webserver.")
+@click.option("--port", default=3000, show_default=True, type=click.IntRange(1, 65535),
+              help="Port of the Dagster webserver.")
 def ui_command(port: int) -> None:
-    """Start the Dagster UI (`dagster dev`) on 127.0.0.1 with this platform's instance."""
+    """Start the Dagster UI (`dagster dev`) on 127.0.0.1 with this platform's instance; stopping it stops them all."""
+    try:
+        ensure_port_free("127.0.0.1", port)
+    except PortUnavailable as error:
+        raise click.ClickException(str(error)) from None
     _setup()
     workspace = PROJECT_DIR / "workspace.yaml"
-    sys.exit(
-        subprocess.call(
-            [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)],
-            cwd=PROJECT_DIR,
-        )
-    )
+    sys.exit(run_as_group(
+        [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)],
+        cwd=PROJECT_DIR,
+    ))
 
 
 @main.command("serve")
@@ -250,19 +269,26 @@ def serve_command(host: str, port: int) -> None:
     """
     import uvicorn
 
-    from orchestration.api import API_TOKEN_ENV, API_TOKENS_ENV, create_app, is_loopback, parse_client_tokens
+    from orchestration.api import create_app, is_loopback, parse_client_tokens
 
     values = _setup()
-    token = os.environ.get(API_TOKEN_ENV) or None
+    token = os.environ.get(settings.LLMOPS_API_TOKEN) or None
     try:
-        clients = parse_client_tokens(os.environ.get(API_TOKENS_ENV, ""))
-        app = create_app(values[settings.LLMOPS_DUCKDB_PATH], values[settings.MLFLOW_TRACKING_URI], token=token,
-                         client_tokens=clients)
+        clients = parse_client_tokens(os.environ.get(settings.LLMOPS_API_TOKENS, ""))
     except ValueError as error:
         raise click.ClickException(str(error)) from None
     if not (token or clients) and not is_loopback(host):
-        raise click.ClickException(f"Refusing to serve on {host} without authentication: set {API_TOKEN_ENV} (or "
-                                   f"{API_TOKENS_ENV}=name=token,...), or serve on 127.0.0.1.")
+        raise click.ClickException(f"Refusing to serve on {host} without authentication: set {settings.LLMOPS_API_TOKEN} (or "
+                                   f"{settings.LLMOPS_API_TOKENS}=name=token,...), or serve on 127.0.0.1.")
+    try:  # before the URL is printed: a taken port fails here, at once
+        ensure_port_free(host, port)
+    except PortUnavailable as error:
+        raise click.ClickException(str(error)) from None
+    try:
+        app = create_app(values[settings.LLMOPS_DUCKDB_PATH], values[settings.MLFLOW_TRACKING_URI], token=token,
+                         client_tokens=clients, reports_dir=values[settings.LLMOPS_REPORTS_DIR])
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
     # MLflow's client retries an unreachable server for minutes; the feedback API answers 503 with Retry-After at
     # once instead, and the caller retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -1,5 +1,7 @@
-"""Schedules: the warehouse and insights every hour, the evals every day. Like the sensors, they start with the
-daemon unless LLMOPS_AUTOMATION=off; their times are cron strings from the environment (UTC)."""
+"""Schedules: the warehouse and insights every hour, the evals every day; and the automation-condition sensor
+that refreshes the insights after an extract launched on its own (e.g. `dagster asset materialize --select
+group:traces`). Built when the definitions load, so their times (cron strings from the environment, UTC) and
+whether they start with the daemon (LLMOPS_AUTOMATION) are read then, not at import."""
 
 from __future__ import annotations
 
@@ -24,19 +26,33 @@ def automation_on() -> bool:
     return value == "on"
 
 
-def _schedule(name: str, job, variable: str, default_cron: str, description: str) -> dg.ScheduleDefinition:
+def _schedule(name: str, job, variable: str, default_cron: str, description: str,
+              running: bool) -> dg.ScheduleDefinition:
     cron = os.environ.get(variable, "").strip() or default_cron
     try:
         return dg.ScheduleDefinition(
             name=name, job=job, cron_schedule=cron, execution_timezone="UTC", description=description,
-            default_status=dg.DefaultScheduleStatus.RUNNING if automation_on() else dg.DefaultScheduleStatus.STOPPED)
+            default_status=dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED)
     except dg.DagsterInvalidDefinitionError:
         raise ValueError(f"{variable} must be a 5-field cron string such as {default_cron!r}, not {cron!r}") from None
 
 
-SCHEDULES = [
-    _schedule("warehouse_refresh_hourly", warehouse_refresh_job, LLMOPS_REFRESH_CRON, DEFAULT_REFRESH_CRON,
-              "Copies new and changed traces into the warehouse and refreshes the insights (LLMOPS_REFRESH_CRON)."),
-    _schedule("evals_daily", evals_job, LLMOPS_EVALS_CRON, DEFAULT_EVALS_CRON,
-              "Evaluates the candidate and production prompts (LLMOPS_EVALS_CRON); promotes nothing."),
-]
+def build_schedules(running: bool) -> list[dg.ScheduleDefinition]:
+    return [
+        _schedule("warehouse_refresh_hourly", warehouse_refresh_job, LLMOPS_REFRESH_CRON, DEFAULT_REFRESH_CRON,
+                  "Copies new and changed traces into the warehouse and refreshes the insights "
+                  "(LLMOPS_REFRESH_CRON).", running),
+        _schedule("evals_daily", evals_job, LLMOPS_EVALS_CRON, DEFAULT_EVALS_CRON,
+                  "Evaluates the candidate and production prompts (LLMOPS_EVALS_CRON); promotes nothing.", running),
+    ]
+
+
+def build_automation_sensor(running: bool) -> dg.AutomationConditionSensorDefinition:
+    """Dagster's automation-condition sensor, made explicit so LLMOPS_AUTOMATION starts it (Dagster's implicit one
+    starts stopped): the insights assets are eager, so an extract run on its own is followed by their refresh."""
+    return dg.AutomationConditionSensorDefinition(
+        "insights_automation_sensor", target=dg.AssetSelection.groups("insights"), minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED,
+        description="Materializes the insights assets (eager automation condition) after the traces group changed "
+        "in a run that did not include them.",
+    )

@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"  # feedback is logged right after each trace
@@ -118,6 +119,16 @@ def edit(path: Path, old: str, new: str) -> None:
     text = path.read_text()
     assert old in text, f"{old!r} not in {path}"
     path.write_text(text.replace(old, new))
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, payload) -> None:
+    """Answer a request of a loopback stand-in server (http.server) with `payload` as JSON."""
+    data = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
 
 
 def free_port() -> int:

@@ -14,6 +14,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import mlflow
 
+from tests.conftest import send_json
+
 
 class LoopbackWorkspace:
     """A workspace on 127.0.0.1 that records every request (method, path, Authorization header, body) and
@@ -50,12 +52,7 @@ class LoopbackWorkspace:
                     fake.requests.append({"method": method, "path": self.path, "body": body,
                                           "auth": self.headers.get("Authorization")})
                     status, payload = fake.route(method, url.path, query, body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, payload)
 
             def do_GET(self):  # noqa: N802 - http.server's naming
                 self._route("GET")

@@ -15,7 +15,8 @@ import uvicorn
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from orchestration.api import API_TOKEN_ENV, API_TOKENS_ENV, MAX_MESSAGE, PREFIX
+from orchestration.api import MAX_MESSAGE, PREFIX
+from resources.settings import LLMOPS_API_TOKEN, LLMOPS_API_TOKENS
 from orchestration.cli import main
 from tests.conftest import Store, http, llmops_serve
 
@@ -35,7 +36,7 @@ def secured(seeded_store: Store, warehouse: sa.Engine, tmp_path_factory):
     shutil.copyfile(seeded_store.path, folder / "mlflow.db")
     store = Store(f"sqlite:///{folder / 'mlflow.db'}", seeded_store.experiment_id, list(seeded_store.trace_ids))
     env = {"LLMOPS_HOME": str(folder / "home"), "LLMOPS_DUCKDB_PATH": warehouse.url.database,
-           "MLFLOW_TRACKING_URI": store.uri, API_TOKEN_ENV: SHARED, API_TOKENS_ENV: f"alice={ALICE}, bob={BOB}"}
+           "MLFLOW_TRACKING_URI": store.uri, LLMOPS_API_TOKEN: SHARED, LLMOPS_API_TOKENS: f"alice={ALICE}, bob={BOB}"}
     log = folder / "server.log"
     with llmops_serve(env, log) as url:
         yield url, store, log
@@ -204,7 +205,7 @@ def serve(monkeypatch, tmp_path):
     saved = dict(os.environ)
     served: list[str] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **_: served.append(host))
-    for name in (API_TOKEN_ENV, API_TOKENS_ENV):
+    for name in (LLMOPS_API_TOKEN, LLMOPS_API_TOKENS):
         monkeypatch.delenv(name, raising=False)
 
     def run(*args: str, **env: str) -> tuple[int, str, list[str]]:
@@ -219,7 +220,7 @@ def serve(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "example.com", "127.0.0.1.example.com"])
 def test_serve_refuses_a_public_interface_without_a_token(serve, host):
-    for env in ({}, {API_TOKEN_ENV: ""}):
+    for env in ({}, {LLMOPS_API_TOKEN: ""}):
         code, output, served = serve("--host", host, **env)
         assert code == 1 and "LLMOPS_API_TOKEN" in output and host in output and not served, output
 
@@ -230,16 +231,16 @@ def test_serve_listens_on_loopback_without_a_token(serve, host):
 
 
 def test_serve_listens_publicly_with_a_token(serve):
-    assert serve("--host", "0.0.0.0", **{API_TOKEN_ENV: SHARED})[::2] == (0, ["0.0.0.0"])
-    assert serve("--host", "0.0.0.0", **{API_TOKENS_ENV: f"alice={ALICE}"})[::2] == (0, ["0.0.0.0"])
+    assert serve("--host", "0.0.0.0", **{LLMOPS_API_TOKEN: SHARED})[::2] == (0, ["0.0.0.0"])
+    assert serve("--host", "0.0.0.0", **{LLMOPS_API_TOKENS: f"alice={ALICE}"})[::2] == (0, ["0.0.0.0"])
 
 
 @pytest.mark.parametrize("env, fragment", [
-    ({API_TOKENS_ENV: "alice=tok-one-1,tok-two-2"}, "entry 2 is not name=token"),
-    ({API_TOKENS_ENV: "alice=tok-one-1,alice=tok-two-2"}, "client 'alice' is listed twice"),
-    ({API_TOKENS_ENV: "alice=tok-one-1,bob=tok-one-1"}, "every API token must be different"),
-    ({API_TOKEN_ENV: "tok-one-1", API_TOKENS_ENV: "alice=tok-one-1"}, "every API token must be different"),
-    ({API_TOKEN_ENV: "tok one-1"}, "printable ASCII without spaces"),
+    ({LLMOPS_API_TOKENS: "alice=tok-one-1,tok-two-2"}, "entry 2 is not name=token"),
+    ({LLMOPS_API_TOKENS: "alice=tok-one-1,alice=tok-two-2"}, "client 'alice' is listed twice"),
+    ({LLMOPS_API_TOKENS: "alice=tok-one-1,bob=tok-one-1"}, "every API token must be different"),
+    ({LLMOPS_API_TOKEN: "tok-one-1", LLMOPS_API_TOKENS: "alice=tok-one-1"}, "every API token must be different"),
+    ({LLMOPS_API_TOKEN: "tok one-1"}, "printable ASCII without spaces"),
 ])
 def test_bad_token_settings_are_refused_without_showing_a_token(serve, env, fragment):
     code, output, served = serve(**env)

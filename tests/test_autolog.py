@@ -26,7 +26,7 @@ from assets.insights.queries import InsightsQuery, traffic_errors
 from assets.insights.trace_metrics import WarehouseTraceStore
 from assets.traces.extract import extract_traces
 from resources.trace_sources import SqlTrackingStore
-from tests.conftest import Store
+from tests.conftest import Store, send_json
 from tests.test_extract import assert_matches_mlflow
 from tests.test_mlflow_api import _every_request, _same
 
@@ -48,26 +48,18 @@ class FakeOpenAI(BaseHTTPRequestHandler):
         last, model = body["messages"][-1], body["model"]
         text = str(last.get("content"))
         if "fail" in text:
-            return self._send(500, {"error": {"message": "upstream model overloaded", "type": "server_error"}})
+            return send_json(self, 500, {"error": {"message": "upstream model overloaded", "type": "server_error"}})
         if body.get("response_format", {}).get("type") == "json_schema":  # an MLflow judge
             verdict = {"result": "no" if JUDGE_SAYS_NO in text else "yes", "rationale": "checked the answer"}
-            return self._send(200, _completion(model, {"role": "assistant", "content": json.dumps(verdict)}))
+            return send_json(self, 200, _completion(model, {"role": "assistant", "content": json.dumps(verdict)}))
         if body.get("tools") and last["role"] != "tool":
             tool = "status_page" if JUDGE_SAYS_NO in text else "kb_search"
             call = {"id": "call-1", "type": "function", "function": {"name": tool, "arguments": json.dumps({"query": text})}}
-            return self._send(200, _completion(model, {"role": "assistant", "content": None, "tool_calls": [call]}))
+            return send_json(self, 200, _completion(model, {"role": "assistant", "content": None, "tool_calls": [call]}))
         answer = f"About {text[:60]}: see kb-101."
         if body.get("stream"):
             return self._stream(model, answer)
-        return self._send(200, _completion(model, {"role": "assistant", "content": answer}))
-
-    def _send(self, status: int, answer: dict) -> None:
-        data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        return send_json(self, 200, _completion(model, {"role": "assistant", "content": answer}))
 
     def _stream(self, model: str, answer: str) -> None:
         """Server-sent chunks, the usage in a last chunk with no choices (`stream_options.include_usage`)."""

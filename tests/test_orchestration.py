@@ -25,8 +25,9 @@ LLMOPS = [sys.executable, "-m", "orchestration.cli"]
 
 
 def test_definitions_load_with_every_asset_in_its_group():
-    from orchestration.definitions import defs
+    from orchestration.definitions import build_definitions
 
+    defs = build_definitions()
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
@@ -38,7 +39,8 @@ def test_definitions_load_with_every_asset_in_its_group():
     assert all(graph.get(key).description for key in graph.get_all_asset_keys())
     assert {job.name for job in defs.jobs} == {"main", "warehouse_refresh", "full_refresh", "prompt_release",
                                               "prompt_rollback", "evals", "agent_release", "agent_rollback", "labeling"}
-    assert [s.name for s in defs.sensors] == ["prompt_files_sensor", "negative_feedback_sensor"]
+    assert [s.name for s in defs.sensors] == ["prompt_files_sensor", "negative_feedback_sensor",
+                                              "insights_automation_sensor"]
     assert {s.name: s.job_name for s in defs.schedules} == {"warehouse_refresh_hourly": "warehouse_refresh",
                                                            "evals_daily": "evals"}
     for job in defs.jobs:  # each launches from the UI's Launchpad as it opens: no config to fill in
@@ -46,7 +48,7 @@ def test_definitions_load_with_every_asset_in_its_group():
 
 
 def _load_definitions(env: dict[str, str]) -> subprocess.CompletedProcess:
-    code = ("from orchestration.definitions import defs; "
+    code = ("from orchestration.definitions import build_definitions; defs = build_definitions(); "
             "print([(s.name, s.cron_schedule, s.default_status.value) for s in defs.schedules], "
             "[s.default_status.value for s in defs.sensors])")
     return subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, env={**os.environ, **env},
@@ -57,11 +59,23 @@ def test_schedules_and_sensors_follow_the_environment():
     done = _load_definitions({"LLMOPS_AUTOMATION": "off", "LLMOPS_REFRESH_CRON": "*/15 * * * *"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ("[('warehouse_refresh_hourly', '*/15 * * * *', 'STOPPED'), "
-                                   "('evals_daily', '0 6 * * *', 'STOPPED')] ['STOPPED', 'STOPPED']")
+                                   "('evals_daily', '0 6 * * *', 'STOPPED')] ['STOPPED', 'STOPPED', 'STOPPED']")
+    on = _load_definitions({"LLMOPS_AUTOMATION": "on"})
+    assert on.stdout.strip().endswith("['RUNNING', 'RUNNING', 'RUNNING']"), on.stderr
     bad = _load_definitions({"LLMOPS_EVALS_CRON": "daily at six"})
     assert bad.returncode != 0 and "LLMOPS_EVALS_CRON must be a 5-field cron string" in bad.stderr
     bad = _load_definitions({"LLMOPS_AUTOMATION": "maybe"})
     assert bad.returncode != 0 and "LLMOPS_AUTOMATION must be 'on' or 'off', not 'maybe'" in bad.stderr
+
+
+def test_importing_the_definitions_reads_no_configuration():
+    code = ("import os, orchestration.definitions; "
+            "print(os.environ.get('MLFLOW_TRACKING_URI'), os.environ.get('LLMOPS_DUCKDB_PATH'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "LLMOPS_DUCKDB_PATH")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120,
+                          env={**env, "LLMOPS_AUTOMATION": "maybe", "LLMOPS_REFRESH_CRON": "never"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "None None"
 
 
 def test_materialize_writes_warehouse_and_passes_checks(seeded_store: Store, warehouse_path: str):

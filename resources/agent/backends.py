@@ -13,9 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-LLMOPS_AGENT_BACKEND = "LLMOPS_AGENT_BACKEND"
-LLMOPS_AGENT_ENDPOINT = "LLMOPS_AGENT_ENDPOINT"
-DEFAULT_DATABRICKS_ENDPOINT = "databricks-meta-llama-3-3-70b-instruct"
+from resources.settings import DEFAULT_AGENT_ENDPOINT, LLMOPS_AGENT_BACKEND, LLMOPS_AGENT_ENDPOINT
 
 
 @dataclass(frozen=True)
@@ -119,5 +117,5 @@ def backend_from_env() -> LLMBackend:
     if name == "offline":
         return OfflineBackend()
     if name == "databricks":
-        return DatabricksBackend(os.environ.get(LLMOPS_AGENT_ENDPOINT) or DEFAULT_DATABRICKS_ENDPOINT)
+        return DatabricksBackend(os.environ.get(LLMOPS_AGENT_ENDPOINT) or DEFAULT_AGENT_ENDPOINT)
     raise ValueError(f"{LLMOPS_AGENT_BACKEND} must be 'offline' or 'databricks', not {name!r}")
