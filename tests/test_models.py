@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -113,7 +114,10 @@ def test_local_deploy_replace_fail_and_roll_back_leave_no_orphans(agent_project:
             assert answer["custom_outputs"]["prompt_versions"] == {"support_system": 1, "support_answer": 1}
             assert int(alias_version(client, MODEL, CHAMPION).version) == 1
             experiment = client.get_experiment_by_name("agent-under-test")
-            assert client.search_traces(locations=[experiment.experiment_id], max_results=10)  # tracing stays on
+            deadline = time.monotonic() + 30  # tracing stays on; the server exports its traces asynchronously
+            while not client.search_traces(locations=[experiment.experiment_id]) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert client.search_traces(locations=[experiment.experiment_id], max_results=10)
             # the first champion replaced nothing: a rollback has nothing to do and succeeds saying so
             nothing = materialize(["agent_deployment"], resources, instance, action="rollback")
             assert nothing.success, failure(nothing)
