@@ -5,8 +5,6 @@ whether they start with the daemon (LLMOPS_AUTOMATION) are read then, not at imp
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
 from orchestration.jobs import evals_job, warehouse_refresh_job
@@ -16,25 +14,20 @@ from resources.settings import (
     LLMOPS_AUTOMATION,
     LLMOPS_EVALS_CRON,
     LLMOPS_REFRESH_CRON,
+    checked,
 )
 
 
 def automation_on() -> bool:
-    value = os.environ.get(LLMOPS_AUTOMATION, "").strip().lower() or "on"
-    if value not in ("on", "off"):
-        raise ValueError(f"{LLMOPS_AUTOMATION} must be 'on' or 'off', not {value!r}")
-    return value == "on"
+    return (checked(LLMOPS_AUTOMATION) or "on").lower() == "on"
 
 
 def _schedule(name: str, job, variable: str, default_cron: str, description: str,
               running: bool) -> dg.ScheduleDefinition:
-    cron = os.environ.get(variable, "").strip() or default_cron
-    try:
-        return dg.ScheduleDefinition(
-            name=name, job=job, cron_schedule=cron, execution_timezone="UTC", description=description,
-            default_status=dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED)
-    except dg.DagsterInvalidDefinitionError:
-        raise ValueError(f"{variable} must be a 5-field cron string such as {default_cron!r}, not {cron!r}") from None
+    return dg.ScheduleDefinition(
+        name=name, job=job, cron_schedule=checked(variable) or default_cron, execution_timezone="UTC",
+        description=description,
+        default_status=dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED)
 
 
 def build_schedules(running: bool) -> list[dg.ScheduleDefinition]:
