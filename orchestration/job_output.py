@@ -148,6 +148,8 @@ def run_job(job: dg.JobDefinition, instance: dg.DagsterInstance, run_config: dic
     with _library_logs_to(log_path, verbose):
         result = job.execute_in_process(instance=instance, run_config={**run_config, "loggers": loggers},
                                         raise_on_error=False, tags=tags, run_id=run_id)
+    for handler in logging.getLogger("llmops.run").handlers:  # cli_logger's: the run's log file is complete
+        handler.close()
     return JobOutcome(result.success, result.run_id, log_path, result_lines(result.all_events),
                       None if result.success else failure_reason(result.all_events))
 
