@@ -185,8 +185,10 @@ class LocalServing:
         host, port = self.settings.host, _free_port(self.settings.host)
         log_path = self.state_path.parent / f"{self.environment}-v{version}-{port}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        # The venv's bin first: MLflow execs `uvicorn` by name.
-        env = {**os.environ, **self.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        # The venv's bin first: MLflow execs `uvicorn` by name. An inherited MLFLOW_EXPERIMENT_ID (mlflow.set_experiment
+        # exports it) would beat the MLFLOW_EXPERIMENT_NAME the deployment gives, and the traces land elsewhere.
+        inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"}
+        env = {**inherited, **self.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "-h", host, "-p", str(port),
