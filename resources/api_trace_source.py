@@ -195,7 +195,7 @@ class ApiTrackingStore:
 
         def log_retry(reason: str, retry: int, retries: int, wait_s: float) -> None:
             self.warn(f"MLflow at {mask_uri(self.uri)} unreachable ({reason}); retry {retry}/{retries} in "
-                          f"{round(wait_s, 1):g} s")
+                      f"{round(wait_s, 1):g} s")
 
         try:
             return call_with_retries(attempt, budget_s=self.retry_s, first_delay_s=FIRST_RETRY_DELAY_S,

@@ -121,6 +121,16 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
+LLMOPS = [sys.executable, "-m", "orchestration.cli"]  # the `llmops` command, as a subprocess
+
+
+def llmops_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of an `llmops` subprocess: this one's without the platform's, Dagster's and the tracking
+    store's variables (the embedded defaults, as a user gets them), LLMOPS_HOME in `tmp_path`, then `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMOPS_", "DAGSTER_", "MLFLOW_TRACKING"))}
+    return {**env, "LLMOPS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(PROJECT_DIR), **extra}
+
+
 def send_json(handler: BaseHTTPRequestHandler, status: int, payload) -> None:
     """Answer a request of a loopback stand-in server (http.server) with `payload` as JSON."""
     data = json.dumps(payload).encode()

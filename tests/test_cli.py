@@ -3,24 +3,16 @@ events with --verbose, a failure that ends with its reason and the log's path, a
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
 
 from resources import settings
-from tests.conftest import PROJECT_DIR, Store
+from tests.conftest import LLMOPS, PROJECT_DIR, Store, llmops_env
 
-LLMOPS = [sys.executable, "-m", "orchestration.cli"]
 ANSI_ESCAPE = re.compile(r"\x1b\[")
-
-
-def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMOPS_", "DAGSTER_", "MLFLOW_TRACKING"))}
-    return {**env, "LLMOPS_HOME": str(tmp_path / "home"), **extra}
 
 
 def _llmops(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -33,7 +25,7 @@ def _log_path(output: str) -> Path:
 
 def test_extract_prints_a_line_per_step_and_the_counts_then_verbose_shows_dagster_events(
         seeded_store: Store, tmp_path: Path):
-    env = _env(tmp_path, MLFLOW_TRACKING_URI=seeded_store.uri)
+    env = llmops_env(tmp_path, MLFLOW_TRACKING_URI=seeded_store.uri)
     done = _llmops(env, "extract")
     assert done.returncode == 0, done.stderr[-3000:]
     output = done.stdout + done.stderr
@@ -65,7 +57,7 @@ def test_a_malformed_prompt_file_fails_with_its_file_line_once_and_the_log_path(
     lines = broken.read_text().splitlines()
     lines[2] = "  bad: [unclosed"
     broken.write_text("\n".join(lines) + "\n")
-    done = _llmops(_env(tmp_path, LLMOPS_PROMPTS_DIR=str(prompts)), "release-prompts")
+    done = _llmops(llmops_env(tmp_path, LLMOPS_PROMPTS_DIR=str(prompts)), "release-prompts")
     assert done.returncode == 1
     output = done.stdout + done.stderr
     reason = f"{broken.name}:3: invalid YAML"
@@ -78,7 +70,7 @@ def test_a_malformed_prompt_file_fails_with_its_file_line_once_and_the_log_path(
 
 
 def test_config_prints_every_setting_with_secrets_masked(tmp_path: Path):
-    done = _llmops(_env(tmp_path, LLMOPS_API_TOKEN="s3cret-token",
+    done = _llmops(llmops_env(tmp_path, LLMOPS_API_TOKEN="s3cret-token",
                         MLFLOW_TRACKING_URI="postgresql://app:pa55word@db:5432/mlflow"), "config", timeout=120)
     assert done.returncode == 0, done.stderr
     printed = dict(line.split("=", 1) for line in done.stdout.strip().splitlines())
@@ -93,7 +85,7 @@ def test_config_names_every_bad_setting_and_commands_refuse_to_start_with_one(tm
     bad = {"LLMOPS_AUTOMATION": "maybe", "LLMOPS_REFRESH_CRON": "never", "LLMOPS_MAX_DELETE_SHARE": "2",
            "LLMOPS_TRACE_SOURCE": "odbc", "LLMOPS_PUBLIC_URL": "localhost:8000",
            "LLMOPS_OUTCOMES": str(tmp_path / "missing.yaml"), "LLMOPS_FEEDBACK_SETTLE_S": "soon"}
-    done = _llmops(_env(tmp_path, **bad), "config", timeout=120)
+    done = _llmops(llmops_env(tmp_path, **bad), "config", timeout=120)
     assert done.returncode == 1
     assert "LLMOPS_AUTOMATION must be 'on' or 'off', not 'maybe'" in done.stderr
     assert "LLMOPS_REFRESH_CRON must be a 5-field cron string such as '0 * * * *', not 'never'" in done.stderr
@@ -103,14 +95,14 @@ def test_config_names_every_bad_setting_and_commands_refuse_to_start_with_one(tm
     assert f"LLMOPS_OUTCOMES must name an existing file, not '{tmp_path / 'missing.yaml'}'" in done.stderr
     assert "LLMOPS_FEEDBACK_SETTLE_S must be a number, not 'soon'" in done.stderr
 
-    refused = _llmops(_env(tmp_path, LLMOPS_AUTOMATION="maybe"), "extract", timeout=120)
+    refused = _llmops(llmops_env(tmp_path, LLMOPS_AUTOMATION="maybe"), "extract", timeout=120)
     assert refused.returncode == 1 and "Running job" not in refused.stdout
     assert refused.stderr.strip() == ("Error: LLMOPS_AUTOMATION must be 'on' or 'off', not 'maybe' "
                                       "(see `llmops config`)")
 
 
 def test_a_rollback_with_nothing_to_undo_succeeds_and_says_so(tmp_path: Path):
-    done = _llmops(_env(tmp_path), "rollback-prompts")
+    done = _llmops(llmops_env(tmp_path), "rollback-prompts")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "  ok      prompt_production" in done.stdout
     assert ("  prompt_production: Nothing to roll back: no promoted production version of "

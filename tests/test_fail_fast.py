@@ -3,10 +3,8 @@ a server that comes back within the retry budget is read."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import threading
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +14,7 @@ import pytest
 
 from assets.traces.extract import extract_traces
 from resources.trace_sources import SourceError, source_for
-from tests.conftest import PROJECT_DIR, free_port, send_json
+from tests.conftest import LLMOPS, PROJECT_DIR, free_port, llmops_env, send_json
 
 
 def _logged_at(log: str, event: str) -> datetime:
@@ -26,11 +24,8 @@ def _logged_at(log: str, event: str) -> datetime:
 
 def test_extract_from_an_unreachable_server_fails_within_a_minute_saying_why(tmp_path: Path):
     port, home = free_port(), tmp_path / "home"
-    env = {name: value for name, value in os.environ.items()
-           if not name.startswith(("LLMOPS_", "MLFLOW_", "DAGSTER_"))}  # the defaults, as a user gets them
-    env |= {"LLMOPS_HOME": str(home), "MLFLOW_TRACKING_URI": f"http://user:secret@127.0.0.1:{port}"}
-    run = subprocess.run([sys.executable, "-m", "orchestration.cli", "extract"], cwd=PROJECT_DIR,
-                         env=env, capture_output=True, text=True, timeout=300)
+    env = llmops_env(tmp_path, MLFLOW_TRACKING_URI=f"http://user:secret@127.0.0.1:{port}")
+    run = subprocess.run([*LLMOPS, "extract"], cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300)
     printed = run.stdout + run.stderr
     assert run.returncode == 1
     unreachable = f"MLflow at http://user:***@127.0.0.1:{port} unreachable (connection refused)"

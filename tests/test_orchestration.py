@@ -18,10 +18,9 @@ from resources.settings import mask_uri, scrub
 from resources.mlflow import MlflowResource
 from resources.serving import _is_our_server, _port
 from resources.warehouse import CONTRACT_TABLES, WarehouseResource
-from tests.conftest import Store
+from tests.conftest import LLMOPS, Store, llmops_env
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-LLMOPS = [sys.executable, "-m", "orchestration.cli"]
 
 
 def test_definitions_load_with_every_asset_in_its_group():
@@ -117,15 +116,10 @@ def test_orphan_rows_fail_the_check(seeded_store: Store, warehouse_path: str):
         assert (traces.metadata["mode"].value, traces.metadata["deleted_traces"].value) == ("full", 0)
 
 
-def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMOPS_", "DAGSTER_", "MLFLOW_TRACKING"))}
-    return {**env, "LLMOPS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(PROJECT_DIR), **extra}
-
-
 def test_dagster_cli_materializes_traces_group_from_env(seeded_store: Store, tmp_path: Path):
     """`dagster asset materialize` honours MLFLOW_TRACKING_URI and LLMOPS_DUCKDB_PATH."""
     warehouse = tmp_path / "elsewhere" / "wh.duckdb"
-    env = _env(tmp_path, MLFLOW_TRACKING_URI=seeded_store.uri, LLMOPS_DUCKDB_PATH=str(warehouse),
+    env = llmops_env(tmp_path, MLFLOW_TRACKING_URI=seeded_store.uri, LLMOPS_DUCKDB_PATH=str(warehouse),
                DAGSTER_HOME=str(tmp_path / "dagster_home"))
     (tmp_path / "dagster_home").mkdir()
     done = subprocess.run(
@@ -148,7 +142,7 @@ def test_every_command_has_help(command: list[str]):
 
 @pytest.mark.slow
 def test_demo_command_seeds_materializes_and_reports(tmp_path: Path):
-    done = subprocess.run([*LLMOPS, "demo", "--traces", "12"], cwd=PROJECT_DIR, env=_env(tmp_path),
+    done = subprocess.run([*LLMOPS, "demo", "--traces", "12"], cwd=PROJECT_DIR, env=llmops_env(tmp_path),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     home = tmp_path / "home"
@@ -159,15 +153,15 @@ def test_demo_command_seeds_materializes_and_reports(tmp_path: Path):
     assert (home / "dagster" / "dagster.yaml").exists()
     assert "support_system v1 (candidate, production)" in done.stdout  # the demo's prompts were synced, evaluated, promoted
     # A second run reuses the store instead of seeding again.
-    again = subprocess.run([*LLMOPS, "demo", "--traces", "12"], cwd=PROJECT_DIR, env=_env(tmp_path),
+    again = subprocess.run([*LLMOPS, "demo", "--traces", "12"], cwd=PROJECT_DIR, env=llmops_env(tmp_path),
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "already has traces" in again.stdout
     # Deploy the registered agent locally from the command line, then stop it: no server is left behind.
-    deployed = subprocess.run([*LLMOPS, "deploy"], cwd=PROJECT_DIR, env=_env(tmp_path), capture_output=True, text=True,
+    deployed = subprocess.run([*LLMOPS, "deploy"], cwd=PROJECT_DIR, env=llmops_env(tmp_path), capture_output=True, text=True,
                               timeout=600)
     assert deployed.returncode == 0, deployed.stderr[-3000:]
     state = json.loads((home / "serving" / "dev.json").read_text())["active"]
-    stopped = subprocess.run([*LLMOPS, "stop-serving"], cwd=PROJECT_DIR, env=_env(tmp_path), capture_output=True,
+    stopped = subprocess.run([*LLMOPS, "stop-serving"], cwd=PROJECT_DIR, env=llmops_env(tmp_path), capture_output=True,
                              text=True, timeout=120)
     assert stopped.returncode == 0 and f"Stopped the server of version 1 at {state['url']}" in stopped.stdout
     assert not _is_our_server(state["pid"], _port(state["url"]))
@@ -181,7 +175,7 @@ def test_demo_command_seeds_materializes_and_reports(tmp_path: Path):
 def test_bad_tracking_uri_fails_with_masked_uri(tmp_path: Path, uri: str, masked: str):
     """The password is in no output, and in no file of the platform's home: Dagster's run and event storage
     and compute logs included."""
-    env = _env(tmp_path, MLFLOW_TRACKING_URI=uri)
+    env = llmops_env(tmp_path, MLFLOW_TRACKING_URI=uri)
     configured = subprocess.run([*LLMOPS, "config"], cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
                                 timeout=120)
     assert f"MLFLOW_TRACKING_URI={masked}" in configured.stdout
@@ -229,7 +223,7 @@ def test_steps_opening_a_new_store_at_once_create_it_once(tmp_path: Path):
 
 def test_extract_from_another_store_is_refused_until_switched(seeded_store: Store, empty_store: Path, tmp_path: Path):
     """A mistyped MLFLOW_TRACKING_URI used to empty the warehouse (600 -> 0) with every check passing."""
-    env = _env(tmp_path, MLFLOW_TRACKING_URI=seeded_store.uri)
+    env = llmops_env(tmp_path, MLFLOW_TRACKING_URI=seeded_store.uri)
     assert subprocess.run([*LLMOPS, "extract"], cwd=PROJECT_DIR, env=env, capture_output=True, timeout=300).returncode == 0
     other = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{empty_store}"}
     refused = subprocess.run([*LLMOPS, "extract"], cwd=PROJECT_DIR, env=other, capture_output=True, text=True,

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, wait_until_serving
-from tests.test_orchestration import LLMOPS, PROJECT_DIR, _env
+from tests.conftest import LLMOPS, PROJECT_DIR, free_port, llmops_env, wait_until_serving
 
 
 def processes_of(home: Path) -> list[int]:
@@ -35,7 +34,7 @@ def processes_of(home: Path) -> list[int]:
 def llmops(args: list[str], tmp_path: Path) -> Iterator[subprocess.Popen]:
     """`llmops args` with LLMOPS_HOME=`tmp_path`/home, its output in `tmp_path`/llmops.log; on exit every process of
     that home is killed."""
-    env = _env(tmp_path, LLMOPS_AUTOMATION="off")  # no runs started by sensors: a quicker start and stop
+    env = llmops_env(tmp_path, LLMOPS_AUTOMATION="off")  # no runs started by sensors: a quicker start and stop
     with open(tmp_path / "llmops.log", "wb") as output:
         process = subprocess.Popen([*LLMOPS, *args], cwd=PROJECT_DIR, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:

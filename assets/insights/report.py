@@ -67,10 +67,10 @@ class Report:
 
 def _daily_rollups(conn: sa.Connection) -> dict[str, pd.DataFrame]:
     """Each daily rollup, with a column `kind`: its rows over production traces and over evaluation traces."""
-    frames = {}
+    frames, queries = {}, rollup_queries()
     for name, table in DAILY_ROLLUPS.items():
         kind = sa.case((table.c.trace_id.in_(EVALUATION_TRACES), EVALUATION), else_=PRODUCTION).label("kind")
-        query = rollup_queries()[f"insights_{name}_daily"].add_columns(kind).group_by(kind).order_by("time_bucket")
+        query = queries[f"insights_{name}_daily"].add_columns(kind).group_by(kind).order_by("time_bucket")
         # Constants inlined, as write_rollups does: DuckDB matches a GROUP BY expression to the selected one only
         # when their constants are the same, not two parameters.
         result = conn.exec_driver_sql(str(query.compile(conn, compile_kwargs={"literal_binds": True})))
