@@ -10,6 +10,8 @@ MLflow routes) and ENDPOINT_NOT_FOUND → 404,
 TEMPORARILY_UNAVAILABLE → 503 with Retry-After.
 
 `GET /report` answers the HTML insights report the `insights_report` asset last rendered (404 before the first).
+`GET /api/alerts/incidents` lists the alert incidents (`?state=open|resolved|all`, default open; `experiment_id`,
+repeatable; `limit` 1..1000, default 100), newest first, with their root causes and notifications' state.
 
 With a token configured, every route but `GET /health` (the OpenAPI page and the report too) needs
 `Authorization: Bearer <token>`.
@@ -26,10 +28,11 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated, Literal
 
 import duckdb
 import sqlalchemy as sa
-from fastapi import Request
+from fastapi import Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from google.protobuf.json_format import ParseDict, ParseError
@@ -42,6 +45,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from assets.alerts.listing import IncidentsResponse, list_incidents
 from assets.insights import breakdowns, dimensions, queries, trace_metrics
 from assets.insights.npmi import DimensionError
 from assets.insights.queries import InsightsQuery, known_experiments
@@ -313,6 +317,19 @@ def create_app(warehouse_path: str, tracking_uri: str | None = None, *, token: s
                                 "materialize the insights_report asset).")
             # no-cache: the browser asks again (cheaply, by ETag) after each render instead of showing an old one
             return FileResponse(report, media_type="text/html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/alerts/incidents", tags=["alerts"])
+    def alert_incidents(
+        state: Literal["open", "resolved", "all"] = "open",
+        experiment_id: Annotated[list[str] | None, Query(description="Only these experiments' incidents "
+                                                         "(repeat the parameter for several).")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> IncidentsResponse:
+        """The alert incidents, newest opened first: open ones (or resolved, or all), each with its top root causes
+        at opening and whether each notification was delivered. None before the alerts ran."""
+        with connection() as conn:
+            return IncidentsResponse(incidents=list_incidents(conn, state=state, experiment_ids=experiment_id,
+                                                              limit=limit))
 
     if tracking_uri is not None:
         lock = Path(warehouse_path).with_name("feedback.lock")  # shared by every server of this warehouse

@@ -225,6 +225,50 @@ Next
     )
 
 
+@main.command("alerts")
+@click.option("--all", "show_all", is_flag=True, help="Resolved incidents too, not only the open ones.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON `GET /api/alerts/incidents` answers.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000),
+              help="At most this many incidents, the newest.")
+def alerts_command(show_all: bool, as_json: bool, limit: int) -> None:
+    """List the open alert incidents (with --all, the resolved ones too), newest first: the rule, where, the
+    condition and since when, what goes with it (top root causes) and whether each channel was notified.
+
+    Read from the warehouse (the alert_incidents asset writes the incidents after each refresh)."""
+    values = _setup()
+    path = values[settings.LLMOPS_DUCKDB_PATH]
+    if not Path(path).exists():
+        raise click.ClickException(f"the warehouse {path} does not exist yet: run `llmops extract`")
+    from assets.alerts.listing import (IncidentsResponse, cause_text, list_incidents, notification_text,
+                                       open_span)
+    from resources.warehouse import WarehouseResource
+
+    engine = WarehouseResource(path=path).engine(read_only=True)
+    try:
+        with engine.connect() as conn:
+            incidents = list_incidents(conn, state="all" if show_all else "open", limit=limit)
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(IncidentsResponse(incidents=incidents).model_dump_json(indent=2))
+        return
+    for incident in incidents:
+        click.echo(f"{incident.state.upper():<8}  {incident.rule}  {incident.scope_name}  {incident.condition}  "
+                   f"{open_span(incident)}")
+        for cause in incident.root_causes:
+            click.echo(f"  goes with: {cause_text(cause)}")
+        for note in incident.notifications:
+            click.echo(f"  {notification_text(note)}")
+        click.echo()
+    opened = sum(incident.state == "open" for incident in incidents)
+    resolved = len(incidents) - opened
+    count = f"{opened or 'No'} open incident{'' if opened == 1 else 's'}"
+    if show_all:
+        count += f", {resolved or 'none'} resolved"
+    more = f" (the newest {limit}: see --limit)" if len(incidents) == limit else ""
+    click.echo(f"{count}{more}.")
+
+
 def _production_prompts(uri: str) -> list[tuple]:
     from mlflow import MlflowClient
 

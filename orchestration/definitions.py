@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.alerts.assets import ALERT_ASSETS, ALERT_CHECKS
 from assets.evals.assets import prompt_evals
 from assets.insights.assets import insights_report, insights_rollups, root_causes
 from assets.labeling.assets import labeling_progress, labeling_sessions
@@ -24,7 +25,7 @@ from resources.user_files import UserFilesResource
 from resources.warehouse import WarehouseResource
 
 ASSETS = [trace_warehouse, insights_rollups, root_causes, insights_report, prompt_registry, prompt_evals,
-          prompt_production, agent_model, agent_deployment, labeling_sessions, labeling_progress]
+          prompt_production, agent_model, agent_deployment, labeling_sessions, labeling_progress, *ALERT_ASSETS]
 
 
 @dg.definitions
@@ -35,6 +36,7 @@ def build_definitions() -> dg.Definitions:
     running = automation_on()
     return dg.Definitions(
         assets=ASSETS,
+        asset_checks=ALERT_CHECKS,
         jobs=JOBS,
         schedules=build_schedules(running),
         sensors=[*build_sensors(running), build_automation_sensor(running)],

@@ -35,6 +35,16 @@ def _indented(markdown: str) -> str:
 
 # What each asset's materialization says in the Results block, from its metadata. One entry an asset; an asset not
 # listed says nothing there, and any asset's `note` metadata is shown after its line.
+def _alerts_line(what: str, m: Mapping[str, Any]) -> str:
+    failed = _metadata_value(m, "notifications_failed", 0)
+    return (f"{what}: {_metadata_value(m, 'firing', 0)} of {_metadata_value(m, 'judged', 0)} rule checks firing; "
+            f"incidents: {_metadata_value(m, 'opened', 0)} opened, {_metadata_value(m, 'resolved', 0)} resolved, "
+            f"{_metadata_value(m, 'open_incidents', 0)} open; notifications: "
+            f"{_metadata_value(m, 'notifications_sent', 0)} sent"
+            + (f", {failed} failed (retried next time)" if failed else "")
+            + (" (see `llmops alerts`)" if _metadata_value(m, "open_incidents", 0) else ""))
+
+
 RESULT_LINES: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "traces": lambda m: (f"traces: {_metadata_value(m, 'changed_traces', 0)} new or changed, "
                          f"{_metadata_value(m, 'deleted_traces', 0)} deleted ({_metadata_value(m, 'mode')}); "
@@ -53,6 +63,10 @@ RESULT_LINES: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "agent_deployment": lambda m: (f"deployment: version {_metadata_value(m, 'model_version')} serves at "
                                    f"{_metadata_value(m, 'endpoint')} ({_metadata_value(m, 'environment')})"),
     "labeling_sessions": lambda m: f"labeling: {_metadata_value(m, 'traces_added', 0)} traces added to sessions",
+    "alert_incidents": lambda m: _alerts_line("alerts", m),
+    "endpoint_health": lambda m: _alerts_line(
+        f"endpoint {_metadata_value(m, 'environment')} {'up' if _metadata_value(m, 'up') else 'DOWN'}"
+        if _metadata_value(m, "environment") else "endpoint", m),
 }
 
 

@@ -11,16 +11,18 @@ main_job = dg.define_asset_job(
 )
 # A killed extract leaves the last committed state and its retry converges (run monitoring fails the killed run).
 RETRIED = {"dagster/max_retries": "2"}
+# The alert rules are judged at the end of every refresh; the endpoint's health has a job of its own.
+REFRESHED = dg.AssetSelection.groups("traces", "insights") | dg.AssetSelection.assets("alert_incidents")
 warehouse_refresh_job = dg.define_asset_job(
     "warehouse_refresh",
-    selection=dg.AssetSelection.groups("traces", "insights"),
+    selection=REFRESHED,
     tags=RETRIED,
     description="Copy new and changed MLflow traces into the DuckDB warehouse, then refresh the insights "
-    "(rollups, root causes, report).",
+    "(rollups, root causes, report) and judge the alert rules.",
 )
 full_refresh_job = dg.define_asset_job(
     "full_refresh",
-    selection=dg.AssetSelection.groups("traces", "insights"),
+    selection=REFRESHED,
     tags=RETRIED,
     config={"ops": {"trace_warehouse": {"config": {"full_refresh": True}}}},
     description="Re-read every trace from MLflow into the warehouse (not only new and changed ones) and rebuild the "
@@ -57,6 +59,12 @@ agent_rollback_job = dg.define_asset_job(
     description="Serve the version the current `champion` replaced again and move `champion` back to it.",
 )
 
+endpoint_check_job = dg.define_asset_job(
+    "check_endpoint",
+    selection=dg.AssetSelection.assets("endpoint_health"),
+    description="Ping the deployed agent, record the check and judge the endpoint alert rules (scheduled every "
+    "5 minutes).",
+)
 labeling_job = dg.define_asset_job(
     "labeling",
     selection=dg.AssetSelection.assets("labeling_sessions", "labeling_progress"),
@@ -65,4 +73,4 @@ labeling_job = dg.define_asset_job(
 )
 
 JOBS = [main_job, labeling_job, warehouse_refresh_job, full_refresh_job, prompt_release_job, prompt_rollback_job,
-        evals_job, agent_release_job, agent_rollback_job]
+        evals_job, agent_release_job, agent_rollback_job, endpoint_check_job]

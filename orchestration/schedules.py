@@ -1,18 +1,21 @@
-"""Schedules: the warehouse and insights every hour, the evals every day; and the automation-condition sensor
-that refreshes the insights after an extract launched on its own (e.g. `dagster asset materialize --select
-group:traces`). Built when the definitions load, so their times (cron strings from the environment, UTC) and
-whether they start with the daemon (LLMOPS_AUTOMATION) are read then, not at import."""
+"""Schedules: the warehouse, insights and alerts every hour, the evals every day, the endpoint's health every 5
+minutes; and the automation-condition sensor that refreshes the insights after an extract launched on its own
+(e.g. `dagster asset materialize --select group:traces`). Built when the definitions load, so their times (cron
+strings from the environment, UTC) and whether they start with the daemon (LLMOPS_AUTOMATION) are read then, not
+at import."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from orchestration.jobs import evals_job, warehouse_refresh_job
+from orchestration.jobs import endpoint_check_job, evals_job, warehouse_refresh_job
 from resources.settings import (
     DEFAULT_EVALS_CRON,
+    DEFAULT_HEALTH_CRON,
     DEFAULT_REFRESH_CRON,
     LLMOPS_AUTOMATION,
     LLMOPS_EVALS_CRON,
+    LLMOPS_HEALTH_CRON,
     LLMOPS_REFRESH_CRON,
     checked,
 )
@@ -37,6 +40,8 @@ def build_schedules(running: bool) -> list[dg.ScheduleDefinition]:
                   "(LLMOPS_REFRESH_CRON).", running),
         _schedule("evals_daily", evals_job, LLMOPS_EVALS_CRON, DEFAULT_EVALS_CRON,
                   "Evaluates the candidate and production prompts (LLMOPS_EVALS_CRON); promotes nothing.", running),
+        _schedule("endpoint_health_check", endpoint_check_job, LLMOPS_HEALTH_CRON, DEFAULT_HEALTH_CRON,
+                  "Pings the deployed agent and judges the endpoint alert rules (LLMOPS_HEALTH_CRON).", running),
     ]
 
 
@@ -44,8 +49,8 @@ def build_automation_sensor(running: bool) -> dg.AutomationConditionSensorDefini
     """Dagster's automation-condition sensor, made explicit so LLMOPS_AUTOMATION starts it (Dagster's implicit one
     starts stopped): the insights assets are eager, so an extract run on its own is followed by their refresh."""
     return dg.AutomationConditionSensorDefinition(
-        "insights_automation_sensor", target=dg.AssetSelection.groups("insights"), minimum_interval_seconds=30,
+        "insights_automation_sensor", target=dg.AssetSelection.groups("insights", "alerts"), minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED,
-        description="Materializes the insights assets (eager automation condition) after the traces group changed "
-        "in a run that did not include them.",
+        description="Materializes the insights assets and alert_incidents (eager automation condition) after the "
+        "traces group changed in a run that did not include them.",
     )

@@ -7,6 +7,7 @@ example, and only then retires what served before; if anything fails, what serve
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -75,6 +76,17 @@ class Deployment:
     smoke_latency_ms: float
     pid: int | None = None  # local servers only
     log: str | None = None
+
+
+@dataclass(frozen=True)
+class Health:
+    """One health probe of what serves an environment, for alerting."""
+
+    environment: str
+    up: bool
+    version: int | None  # the model version serving, as the state file or the endpoint's served entity says
+    latency_ms: float | None  # of the probe, when it got an answer
+    reason: str | None  # why it is down, in plain words; None when up. Never holds a secret.
 
 
 # --- local -------------------------------------------------------------------------------------------------------
@@ -173,6 +185,37 @@ class LocalServing:
             return Deployment(**active)
         return None
 
+    def health(self, timeout_s: float = 5.0) -> Health | None:
+        """GET /ping of the active server (MLflow's scoring server answers 200). None when nothing was ever
+        deployed to the environment: that is not an outage, there is nothing to ping."""
+        active = self._state().get("active")
+        if not active:
+            return None
+
+        def down(reason: str) -> Health:
+            return Health(self.environment, False, active["version"], None, reason)
+
+        if not _is_our_server(active["pid"], _port(active["url"])):  # first: another process may have the port
+            return down(f"the server (pid {active['pid']}) is not running")
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(f"{active['url']}/ping", timeout=timeout_s) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            return down(f"/ping answered {exc.code}")
+        except (OSError, http.client.HTTPException) as exc:
+            # urlopen wraps connection errors in URLError; a timeout while reading the answer comes bare
+            cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            if isinstance(cause, TimeoutError):
+                return down(f"no answer on /ping within {timeout_s:g} s")
+            if isinstance(cause, ConnectionRefusedError):
+                return down("connection refused")
+            return down(f"/ping failed: {cause}")
+        if status != 200:
+            return down(f"/ping answered {status}")
+        return Health(self.environment, True, active["version"], round((time.perf_counter() - started) * 1000, 1),
+                      None)
+
     def _stop_pending(self, state: dict) -> None:
         if pending := state.pop("pending", None):
             _stop(pending["pid"], pending["port"])
@@ -247,6 +290,7 @@ class DatabricksServing:
     def __init__(self, environment: str, settings: DatabricksTarget, workspace_client=None):
         self.environment, self.settings = environment, settings
         self._client = workspace_client
+        self._given_client = workspace_client is not None
 
     def _workspace(self):
         if self._client is None:
@@ -281,6 +325,45 @@ class DatabricksServing:
         if endpoint.state.ready != EndpointStateReady.READY or len(entities) != 1 or not entities[0].entity_version:
             return None
         return Deployment(self.environment, int(entities[0].entity_version), self._url(), 0.0)
+
+    def _probe_workspace(self, timeout_s: float):
+        """The client of a health probe. The default client retries an unreachable workspace for 5 minutes (and
+        already when it is built, fetching the host's metadata); a probe makes one attempt of at most `timeout_s`.
+        A client given to the constructor is used as it is configured."""
+        if self._given_client:
+            return self._client
+        from databricks.sdk import WorkspaceClient
+        from databricks.sdk.config import Config
+
+        return WorkspaceClient(config=Config(retry_timeout_seconds=1, http_timeout_seconds=timeout_s))
+
+    def health(self, timeout_s: float = 5.0) -> Health | None:
+        """The endpoint's state as the workspace reports it; None when the endpoint does not exist (nothing was
+        ever deployed: not an outage). Latency is that of the `get` call."""
+        from databricks.sdk.errors import NotFound
+        from databricks.sdk.service.serving import EndpointStateReady
+
+        name = self.settings.endpoint_name
+        try:
+            started = time.perf_counter()
+            endpoint = self._probe_workspace(timeout_s).serving_endpoints.get(name)
+            latency = round((time.perf_counter() - started) * 1000, 1)
+        except NotFound:
+            return None
+        except Exception as exc:  # unreachable workspace, auth, throttling: the sdk's messages hold no token
+            reason = f"{type(exc).__name__}: {exc}"
+            if exc.__cause__ is not None:  # the sdk's "Timed out after 0:00:01" hides why it gave up
+                reason += f" ({type(exc.__cause__).__name__}: {exc.__cause__})"
+            return Health(self.environment, False, None, None, f"cannot get endpoint {name}: {reason}")
+        entities = (endpoint.config.served_entities or []) if endpoint.config else []
+        served = entities[0].entity_version if len(entities) == 1 else None
+        version = int(served) if served and served.isdigit() else None
+        state = endpoint.state
+        if state is not None and state.ready == EndpointStateReady.READY:
+            return Health(self.environment, True, version, latency, None)
+        ready = state.ready.value if state is not None and state.ready else "in no reported state"
+        update = f" (config update {state.config_update.value})" if state is not None and state.config_update else ""
+        return Health(self.environment, False, version, latency, f"endpoint {name} is {ready}{update}")
 
     def deploy(self, version: int, model_name: str, input_example: Any) -> Deployment:
         from databricks.sdk.errors import NotFound

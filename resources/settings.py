@@ -36,6 +36,8 @@ LLMOPS_DEPLOY_ENV = "LLMOPS_DEPLOY_ENV"
 LLMOPS_SERVING_DIR = "LLMOPS_SERVING_DIR"
 LLMOPS_LABELING_RULES = "LLMOPS_LABELING_RULES"
 LLMOPS_OUTCOMES = "LLMOPS_OUTCOMES"
+LLMOPS_ALERT_RULES = "LLMOPS_ALERT_RULES"
+LLMOPS_HEALTH_CRON = "LLMOPS_HEALTH_CRON"
 LLMOPS_PUBLIC_URL = "LLMOPS_PUBLIC_URL"  # where `llmops serve` is reachable, for links (no default)
 LLMOPS_JUDGE_ENDPOINT = "LLMOPS_JUDGE_ENDPOINT"
 LLMOPS_API_TOKEN = "LLMOPS_API_TOKEN"
@@ -47,10 +49,12 @@ DAGSTER_HOME = "DAGSTER_HOME"
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_OUTCOMES_FILE = PROJECT_DIR / "outcomes" / "outcomes.yaml"  # which traces went badly (root causes)
+DEFAULT_ALERT_RULES_FILE = PROJECT_DIR / "alerts" / "rules.yaml"  # what alerts, and whom it notifies
 
 DEFAULT_DEMO_EXPERIMENT = "llmops-demo"
 DEFAULT_REFRESH_CRON = "0 * * * *"  # hourly
 DEFAULT_EVALS_CRON = "0 6 * * *"  # daily, 06:00 UTC
+DEFAULT_HEALTH_CRON = "*/5 * * * *"  # the deployed endpoint's health check, every 5 minutes
 DEFAULT_FEEDBACK_SETTLE_S = 60.0
 DEFAULT_MAX_DELETE_SHARE = 0.5  # an extract deleting more of the warehouse's traces is refused
 DEFAULT_EVAL_PASS_THRESHOLD = 0.8  # least overall pass rate of a candidate prompt
@@ -168,9 +172,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(LLMOPS_LABELING_RULES, lambda _: str(PROJECT_DIR / "labeling" / "rules.yaml"), _existing_file,
             is_path=True),
     Setting(LLMOPS_OUTCOMES, lambda _: str(DEFAULT_OUTCOMES_FILE), _existing_file, is_path=True),
+    Setting(LLMOPS_ALERT_RULES, lambda _: str(DEFAULT_ALERT_RULES_FILE), _existing_file, is_path=True),
     Setting(LLMOPS_AUTOMATION, lambda _: "on", _one_of("on", "off")),
     Setting(LLMOPS_REFRESH_CRON, lambda _: DEFAULT_REFRESH_CRON, _cron),
     Setting(LLMOPS_EVALS_CRON, lambda _: DEFAULT_EVALS_CRON, _cron),
+    Setting(LLMOPS_HEALTH_CRON, lambda _: DEFAULT_HEALTH_CRON, _cron),
     Setting(LLMOPS_FEEDBACK_SETTLE_S, lambda _: str(DEFAULT_FEEDBACK_SETTLE_S), _number(0)),
     Setting(LLMOPS_MAX_DELETE_SHARE, lambda _: str(DEFAULT_MAX_DELETE_SHARE), _number(0, 1)),
     Setting(LLMOPS_API_TOKEN, None, secret=True),

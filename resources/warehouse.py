@@ -200,6 +200,49 @@ MIGRATIONS: list[str] = [
     ALTER TABLE assessments ADD COLUMN is_numeric_value BOOLEAN;
     UPDATE _trace_state SET fingerprint = 0;
     """,
+    # 9: alerts (assets/alerts): incidents, the notifications each owes its channels (an outbox: a delivery that
+    # failed is retried by the next evaluation), and the endpoint health checks the endpoint rules read.
+    """
+    CREATE TABLE alert_incidents (
+        incident_id VARCHAR PRIMARY KEY,
+        rule VARCHAR NOT NULL,
+        metric VARCHAR NOT NULL,
+        scope VARCHAR NOT NULL,                   -- the experiment id, or `endpoint:<environment>`
+        experiment_id VARCHAR,                    -- null for endpoint rules
+        scope_name VARCHAR NOT NULL,              -- the experiment's name, or the environment
+        opened_at_ms BIGINT NOT NULL,
+        resolved_at_ms BIGINT,                    -- null while open
+        window_s BIGINT NOT NULL,
+        direction VARCHAR NOT NULL,               -- above | below
+        threshold DOUBLE NOT NULL,                -- what the value crossed (baseline rules: ratio x baseline)
+        baseline DOUBLE,                          -- baseline rules: the metric over the baseline windows
+        value DOUBLE NOT NULL,                    -- the metric when the incident opened
+        sample_count BIGINT NOT NULL,             -- traces (endpoint checks) in the window then
+        condition VARCHAR NOT NULL,               -- in words: "error_rate 0.31 > 0.05 over 1h"
+        root_causes_json VARCHAR NOT NULL,        -- JSON list: the top root causes in the window at opening
+        last_value DOUBLE,                        -- the latest evaluation's value
+        last_evaluated_at_ms BIGINT NOT NULL
+    );
+    CREATE TABLE alert_notifications (
+        notification_id VARCHAR PRIMARY KEY,      -- also sent, so a receiver can drop a repeat
+        incident_id VARCHAR NOT NULL,
+        event VARCHAR NOT NULL,                   -- opened | resolved
+        channel VARCHAR NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_attempt_at_ms BIGINT,
+        delivered_at_ms BIGINT,                   -- null until delivered
+        last_error VARCHAR
+    );
+    CREATE TABLE endpoint_checks (
+        environment VARCHAR NOT NULL,
+        checked_at_ms BIGINT NOT NULL,
+        version INTEGER,                          -- the model version serving
+        up BOOLEAN NOT NULL,
+        latency_ms DOUBLE,
+        reason VARCHAR                            -- why it is down
+    );
+    """,
 ]
 
 CONTRACT_TABLES = ("traces", "spans", "trace_tags", "trace_metadata", "assessments", "trace_links")

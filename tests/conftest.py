@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # noqa: E402
 
 from assets.traces.extract import extract_traces  # noqa: E402
 from resources.agent.traffic import seed_demo  # noqa: E402
+from resources.serving import Deployment, LocalServing, LocalTarget  # noqa: E402
 from resources.trace_sources import SqlTrackingStore  # noqa: E402
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -220,3 +222,60 @@ def llmops_serve(env: dict[str, str], log: Path | None = None) -> Iterator[str]:
         except subprocess.TimeoutExpired:  # uvicorn waits for requests in flight; leave no server behind
             server.kill()
             raise
+
+
+# A stand-in for `mlflow models serve`: its command line holds "serve" and the port as `_is_our_server` checks.
+# MODE: an HTTP status to answer /ping with, "silent" (accepts connections, never answers) or "closed" (runs
+# but listens on nothing). It prints "ready" once it listens.
+FAKE_SERVE = """\
+import socket, sys, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+_, _, port, mode = sys.argv
+if mode in ("silent", "closed"):
+    if mode == "silent":
+        listener = socket.create_server(("127.0.0.1", int(port)))
+    print("ready", flush=True)
+    time.sleep(600)
+
+
+class Ping(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(int(mode) if self.path == "/ping" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+server = HTTPServer(("127.0.0.1", int(port)), Ping)
+print("ready", flush=True)
+server.serve_forever()
+"""
+
+
+@pytest.fixture
+def serve(tmp_path: Path):
+    """Starts fake servers and records them in dev's state file as `LocalServing.deploy` does; kills them all."""
+    script = tmp_path / "fake_serve.py"
+    script.write_text(FAKE_SERVE)
+    processes: list[subprocess.Popen] = []
+
+    def start(mode: str, version: int = 4) -> tuple[LocalServing, subprocess.Popen]:
+        port = free_port()
+        process = subprocess.Popen([sys.executable, str(script), "serve", str(port), mode], stdout=subprocess.PIPE,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        processes.append(process)
+        assert process.stdout.readline() == b"ready\n", f"the fake server exited with {process.wait()}"
+        serving = LocalServing(tmp_path / "serving", "dev", LocalTarget(target="local"), {})
+        deployment = Deployment("dev", version, f"http://127.0.0.1:{port}", 12.5, process.pid, None)
+        serving._save({"active": asdict(deployment)})
+        return serving, process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        process.stdout.close()

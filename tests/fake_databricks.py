@@ -88,6 +88,13 @@ class FakeServingWorkspace(LoopbackWorkspace):
         endpoint = self.endpoints.get(name)
         return endpoint["config"]["served_entities"][0]["entity_version"] if endpoint else None
 
+    def put_endpoint(self, name: str, model: str, version: str, ready: str = "READY",
+                     config_update: str = "NOT_UPDATING") -> None:
+        """An endpoint serving one version, in the state `ready` / `config_update` (as the REST API spells
+        them), as if deployed earlier."""
+        self.endpoints[name] = {"name": name, "state": {"ready": ready, "config_update": config_update},
+                                "config": {"served_entities": [{"entity_name": model, "entity_version": version}]}}
+
     def _update(self, name: str, entities: list[dict]) -> dict:
         endpoint = self.endpoints.setdefault(name, {"name": name, "config": {"served_entities": []},
                                                     "state": {"ready": "NOT_READY"}})

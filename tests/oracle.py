@@ -140,6 +140,7 @@ UNDO_MIGRATION = {
     8: ["DROP TABLE trace_links", "ALTER TABLE traces DROP COLUMN cache_creation_input_tokens_above_1hr",
         *(f"ALTER TABLE spans DROP COLUMN {c}" for c in ("input_cost", "output_cost", "exception_type")),
         *(f"ALTER TABLE assessments DROP COLUMN {c}" for c in ("metadata_json", "aggregate_value", "is_numeric_value"))],
+    9: ["DROP TABLE alert_incidents", "DROP TABLE alert_notifications", "DROP TABLE endpoint_checks"],
 }
 
 

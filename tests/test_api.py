@@ -147,7 +147,7 @@ def test_openapi_page_is_served_without_a_cdn(api):
     spec = json.loads(urllib.request.urlopen(f"{api}/openapi.json", timeout=10).read())
     insights = {f"{PREFIX}/{path}" for path in [*ENDPOINTS, "dimensions/calculate-npmi", "traffic-cost/latency"]}
     mlflow_routes = {"/api/3.0/mlflow/traces/metrics", "/api/3.0/mlflow/traces/calculate-filter-correlation"}
-    assert insights | mlflow_routes | {"/api/feedback", "/report"} == set(spec["paths"])
+    assert insights | mlflow_routes | {"/api/feedback", "/report", "/api/alerts/incidents"} == set(spec["paths"])
 
 
 def test_a_request_waits_while_an_extract_holds_the_write_lock(api, warehouse, seeded_store: Store):

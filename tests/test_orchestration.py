@@ -12,6 +12,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from assets.alerts.assets import alert_incidents
 from assets.traces.assets import CHECKS, trace_warehouse
 from orchestration.jobs import full_refresh_job
 from resources.settings import mask_uri, scrub
@@ -34,14 +35,17 @@ def test_definitions_load_with_every_asset_in_its_group():
                       **dict.fromkeys(["insights_rollups", "root_causes", "insights_report"], "insights"),
                       "prompt_registry": "prompts", "prompt_production": "prompts", "prompt_evals": "evals",
                       "agent_model": "models", "agent_deployment": "models",
-                      "labeling_sessions": "labeling", "labeling_progress": "labeling"}
+                      "labeling_sessions": "labeling", "labeling_progress": "labeling",
+                      "alert_incidents": "alerts", "endpoint_health": "alerts"}
     assert all(graph.get(key).description for key in graph.get_all_asset_keys())
     assert {job.name for job in defs.jobs} == {"main", "warehouse_refresh", "full_refresh", "prompt_release",
-                                              "prompt_rollback", "evals", "agent_release", "agent_rollback", "labeling"}
+                                              "prompt_rollback", "evals", "agent_release", "agent_rollback", "labeling",
+                                              "check_endpoint"}
     assert [s.name for s in defs.sensors] == ["prompt_files_sensor", "negative_feedback_sensor",
                                               "insights_automation_sensor"]
     assert {s.name: s.job_name for s in defs.schedules} == {"warehouse_refresh_hourly": "warehouse_refresh",
-                                                           "evals_daily": "evals"}
+                                                           "evals_daily": "evals",
+                                                           "endpoint_health_check": "check_endpoint"}
     for job in defs.jobs:  # each launches from the UI's Launchpad as it opens: no config to fill in
         dg.validate_run_config(defs.resolve_job_def(job.name), {})
 
@@ -58,7 +62,8 @@ def test_schedules_and_sensors_follow_the_environment():
     done = _load_definitions({"LLMOPS_AUTOMATION": "off", "LLMOPS_REFRESH_CRON": "*/15 * * * *"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ("[('warehouse_refresh_hourly', '*/15 * * * *', 'STOPPED'), "
-                                   "('evals_daily', '0 6 * * *', 'STOPPED')] ['STOPPED', 'STOPPED', 'STOPPED']")
+                                   "('evals_daily', '0 6 * * *', 'STOPPED'), ('endpoint_health_check', '*/5 * * * *', 'STOPPED')] "
+                                   "['STOPPED', 'STOPPED', 'STOPPED']")
     on = _load_definitions({"LLMOPS_AUTOMATION": "on"})
     assert on.stdout.strip().endswith("['RUNNING', 'RUNNING', 'RUNNING']"), on.stderr
     bad = _load_definitions({"LLMOPS_EVALS_CRON": "daily at six"})
@@ -109,7 +114,7 @@ def test_orphan_rows_fail_the_check(seeded_store: Store, warehouse_path: str):
         failed = {(c.asset_key.to_user_string(), c.check_name) for c in result.get_asset_check_evaluations() if not c.passed}
         assert failed == {("spans", "no_orphans")}
         # The full_refresh job (over the traces group alone here) rebuilds the tables: the stray row is gone.
-        refresh = dg.Definitions(assets=[trace_warehouse], jobs=[full_refresh_job], resources=resources)
+        refresh = dg.Definitions(assets=[trace_warehouse, alert_incidents], jobs=[full_refresh_job], resources=resources)
         refreshed = refresh.resolve_job_def("full_refresh").execute_in_process(instance=instance)
         assert all(c.passed for c in refreshed.get_asset_check_evaluations())
         traces = next(m for m in refreshed.asset_materializations_for_node("trace_warehouse") if m.asset_key.path == ["traces"])

@@ -80,7 +80,8 @@ def root_causes(context: dg.AssetExecutionContext, config: RootCauseConfig,
 
 
 @dg.asset(
-    **COMMON, deps=[insights_rollups, root_causes], kinds={"html", "plotly"},
+    # after the alerts: the report shows their incidents
+    **COMMON, deps=[insights_rollups, root_causes, dg.AssetKey("alert_incidents")], kinds={"html", "plotly"},
     description="An HTML report of charts per experiment, production traffic only unless configured: volume, "
     "latency, error rate, tokens and cost over time, tools with error rates, feedback trend, and a root-cause "
     "heatmap. Served by `llmops serve` at /report; the link (with LLMOPS_PUBLIC_URL) or the path is in the metadata.",

@@ -15,6 +15,10 @@ feedback trend, and a heatmap of what goes with each bad outcome, in plain words
 ranges), padded half a day each side, with bars and markers, so a single day draws one labelled day, never a
 millisecond scale. A chart of several series has a legend; a single-series chart names its series in its title.
 
+An "Alerts" section comes first: the open alert incidents (rule, scope, condition, since when, top root causes) and
+the last RESOLVED_SHOWN resolved ones with their open and resolve times; "No incidents." when there are none (also on
+a warehouse whose schema predates the alert tables).
+
 plotly.js is inlined once, so the page opens offline, from a file or served by `llmops serve` (`GET /report`). The
 file is replaced whole, so a reader never gets half a report.
 """
@@ -34,6 +38,7 @@ import sqlalchemy as sa
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from assets.alerts.listing import Incident, cause_text, list_incidents, open_span, utc_time
 from assets.insights.queries import ASSESSMENTS, EXPERIMENTS, SPANS, TRACES
 from assets.insights.registry import EVALUATION_TRACES
 from assets.insights.rollups import rollup_queries
@@ -44,6 +49,7 @@ MAX_DAY_TICKS = 15  # past this many days, a tick every few days
 DAY_MS = 86_400_000
 BAR_WIDTH_MS = 0.8 * DAY_MS  # a bar per day, with a gap between days
 PRODUCTION, EVALUATION = "production", "evaluation"
+OPEN_SHOWN, RESOLVED_SHOWN = 100, 10  # incidents of the Alerts section: open ones (newest), the last resolved
 # The daily rollups the sections are drawn from, and the table whose trace_id says production or evaluation.
 DAILY_ROLLUPS = {"traffic": TRACES, "tools": SPANS, "assessments": ASSESSMENTS}
 
@@ -222,11 +228,39 @@ def _section_html(section: Section) -> str:
             f"</{heading}>{charts}{causes}</section>")
 
 
+def _incident_rows(incidents: list[Incident], times: str) -> str:
+    return "".join(
+        f"<tr><td>{html.escape(i.rule)}</td><td>{html.escape(i.scope_name)}</td><td>{html.escape(i.condition)}</td>"
+        f"<td>{html.escape(open_span(i) if times == 'span' else utc_time(i.opened_at_ms))}</td><td>"
+        + ("<br>".join(html.escape(cause_text(c)) for c in i.root_causes) or "&mdash;")
+        + "</td></tr>"
+        for i in incidents)
+
+
+def alerts_html(conn: sa.Connection) -> str:
+    """The Alerts section: the open incidents, then the last resolved ones; "No incidents." without any."""
+    opened = list_incidents(conn, state="open", limit=OPEN_SHOWN)
+    resolved = list_incidents(conn, state="resolved", limit=RESOLVED_SHOWN)
+    head = "<tr><th>rule</th><th>scope</th><th>condition</th><th>{}</th><th>goes with (top root causes)</th></tr>"
+    parts = []
+    if opened:
+        parts.append(f"<h3>Open ({len(opened)})</h3><table class='incidents open'><thead>{head.format('since')}"
+                     f"</thead><tbody>{_incident_rows(opened, 'since')}</tbody></table>")
+    elif resolved:
+        parts.append("<p>No open incidents.</p>")
+    if resolved:
+        parts.append(f"<h3>Last resolved</h3><table class='incidents resolved'><thead>"
+                     f"{head.format('opened → resolved')}</thead><tbody>{_incident_rows(resolved, 'span')}"
+                     "</tbody></table>")
+    return f'<section id="alerts"><h2>Alerts</h2>{"".join(parts) or "<p>No incidents.</p>"}</section>'
+
+
 def render_report(conn: sa.Connection, path: Path, include_evaluations: bool = False) -> Report:
-    """Write the report to `path`: production traffic per experiment; with `include_evaluations`, then the
-    Evaluations part."""
+    """Write the report to `path`: the alerts, then production traffic per experiment; with
+    `include_evaluations`, then the Evaluations part."""
     production, evaluations = report_sections(conn, include_evaluations)
-    body = "".join(_section_html(s) for s in production) or "<p>The warehouse has no production traces yet.</p>"
+    body = alerts_html(conn)
+    body += "".join(_section_html(s) for s in production) or "<p>The warehouse has no production traces yet.</p>"
     if include_evaluations:
         body += ('<section id="evaluations"><h2>Evaluations</h2><p>Traces of evaluation runs '
                  "(mlflow.genai.evaluate), kept out of the production charts above.</p>"
