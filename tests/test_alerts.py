@@ -150,6 +150,7 @@ def test_a_spike_opens_one_incident_notifies_once_and_resolves_once(platform, mo
         metadata = alert_metadata(first)
         assert (metadata["opened"], metadata["open_incidents"], metadata["notifications_sent"]) == (1, 1, 2)
         assert "| error-spike | support-agent |" in metadata["rules"] and "| firing |" in metadata["rules"]
+        assert f"| oncall | webhook http://127.0.0.1:{hook.port} | on |" in metadata["channels"]
         check = quiet_check(first)
         assert not check.passed and "error-spike in support-agent" in check.description
 
@@ -358,3 +359,12 @@ def test_the_seed_rules_open_an_incident_on_demo_traffic_with_a_high_error_rate(
     listed = llmops("alerts").stdout
     assert listed.startswith("OPEN      error-rate  llmops-demo  error_rate 15.0 % > 5.0 % over 1h") and "goes with: " \
         in listed and listed.rstrip().endswith("1 open incident."), listed
+
+
+def test_a_notification_links_the_report_and_the_experiment_without_credentials():
+    from assets.alerts.incidents import links
+
+    assert links("7", "https://alice:pa55@mlflow.example.com:5000/mlflow/", "http://127.0.0.1:8000/") == {
+        "report": "http://127.0.0.1:8000/report", "mlflow": "https://mlflow.example.com:5000/mlflow/#/experiments/7/traces"}
+    assert links("7", "sqlite:///mlflow.db", None) == {}  # no UI to link to, no public URL
+    assert links(None, "http://mlflow:5000", None) == {}  # an endpoint incident has no experiment

@@ -143,14 +143,16 @@ def test_jobs_launched_from_the_ui_build_the_whole_platform(user_env: dict[str, 
     with dagster_services(user_env) as url:
         nodes = graphql(url, "{ assetNodes { assetKey { path } groupName description owners { "
                         "... on TeamAssetOwner { team } } kinds hasAssetChecks } }")["assetNodes"]
-        assert len(nodes) == len(CONTRACT_TABLES) + 10
+        assert len(nodes) == len(CONTRACT_TABLES) + 12
         assert all(n["groupName"] != "default" and n["description"] and n["owners"] and n["kinds"] for n in nodes)
-        assert {n["assetKey"]["path"][0] for n in nodes if n["hasAssetChecks"]} == {*CONTRACT_TABLES, "prompt_evals"}
+        assert {n["assetKey"]["path"][0] for n in nodes if n["hasAssetChecks"]} == {*CONTRACT_TABLES, "prompt_evals",
+                                                                                 "alert_incidents"}
         schedules = graphql(url, "query($r: RepositorySelector!) { schedulesOrError(repositorySelector: $r) { "
                             "... on Schedules { results { name cronSchedule scheduleState { status } } } } }",
                             {"r": REPOSITORY})["schedulesOrError"]["results"]
         assert {(s["name"], s["cronSchedule"], s["scheduleState"]["status"]) for s in schedules} == {
-            ("warehouse_refresh_hourly", "0 * * * *", "STOPPED"), ("evals_daily", "0 6 * * *", "STOPPED")}
+            ("warehouse_refresh_hourly", "0 * * * *", "STOPPED"), ("evals_daily", "0 6 * * *", "STOPPED"),
+            ("endpoint_health_check", "*/5 * * * *", "STOPPED")}
 
         launch_and_wait(url, "main")
         launch_and_wait(url, "agent_release")

@@ -42,7 +42,8 @@ def _where(mlflow: MlflowResource):
     return lambda experiment_id: links(experiment_id, mlflow.tracking_uri, public_url)
 
 
-def _result(context: dg.AssetExecutionContext, path: Path, run: AlertRun, **extra) -> dg.MaterializeResult:
+def _result(context: dg.AssetExecutionContext, path: Path, rules: RulesFile, run: AlertRun,
+            **extra) -> dg.MaterializeResult:
     for warning in run.changes.warnings:
         context.log.warning(warning)
     failed = [d for d in run.deliveries if d.error]
@@ -60,6 +61,9 @@ def _result(context: dg.AssetExecutionContext, path: Path, run: AlertRun, **extr
         "open_incidents": dg.MetadataValue.int(len(run.open_incidents)),
         "notifications_sent": dg.MetadataValue.int(len(run.deliveries) - len(failed)),
         "notifications_failed": dg.MetadataValue.int(len(failed)),
+        "channels": dg.MetadataValue.md(markdown_table(  # the host only: an address is a secret
+            ["channel", "address", "state"],
+            [(c.name, c.shown, f"off: {c.off}" if c.off else "on") for c in rules.channels.values()])),
         "rules_file": dg.MetadataValue.path(str(path)),
         **extra,
     })
@@ -78,7 +82,7 @@ def alert_incidents(context: dg.AssetExecutionContext, config: AlertConfig, ware
     with warehouse.migrated():
         pass  # the alert tables exist, also on a warehouse last written by an older version
     run = evaluate_and_notify(warehouse.engine(read_only=False), rules, "traces", _where(mlflow))
-    return _result(context, path, run)
+    return _result(context, path, rules, run)
 
 
 @dg.asset_check(asset=alert_incidents, description="Passes while no incident is open (a warning, not a failure: "
@@ -125,7 +129,7 @@ def endpoint_health(context: dg.AssetExecutionContext, config: AlertConfig, ware
                  "version": dg.MetadataValue.int(health.version) if health.version is not None else None,
                  "latency_ms": dg.MetadataValue.float(health.latency_ms) if health.latency_ms is not None else None,
                  "reason": dg.MetadataValue.text(health.reason or "")}
-    return _result(context, path, run, **{k: v for k, v in state.items() if v is not None})
+    return _result(context, path, rules, run, **{k: v for k, v in state.items() if v is not None})
 
 
 ALERT_ASSETS = [alert_incidents, endpoint_health]
