@@ -22,12 +22,13 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 
 from bench.insights import ensure_warehouse  # noqa: E402
 
+# Three of the four fire, so three incidents open with their root causes (the synthetic traffic has no thumbs-down).
 RULES = """\
 rules:
   - {name: errors, metric: error_rate, window: 1d, above: 0.0}
-  - {name: slower, metric: latency_p95_ms, window: 1h, above_baseline: 0.5, min_count: 1}
+  - {name: slower, metric: latency_p95_ms, window: 1h, above_baseline: 0.1, min_count: 1}
   - {name: budget, metric: cost_usd, window: 1d, above: 1000000000.0}
-  - {name: thumbs-down, metric: feedback_rate, feedback: user_thumbs, value: false, window: 1d, above: 0.0}
+  - {name: thumbs-up, metric: feedback_rate, feedback: user_thumbs, value: true, window: 1d, above: 0.0}
 """
 
 
