@@ -5,12 +5,10 @@ an incident is open."""
 from pathlib import Path
 
 import dagster as dg
-import sqlalchemy as sa
 from pydantic import Field
 
 from assets.alerts.evaluation import FIRING
-from assets.alerts.incidents import AlertRun, evaluate_and_notify, links, now_ms
-from assets.alerts.listing import ALERT_INCIDENTS
+from assets.alerts.incidents import AlertRun, evaluate_and_notify, links, now_ms, open_incidents
 from assets.alerts.metrics import ENDPOINT_CHECKS
 from assets.alerts.rules import AlertRulesFileError, RulesFile, load_rules, rules_path
 from assets.insights.assets import WAREHOUSE_TABLES
@@ -89,8 +87,7 @@ def alert_incidents(context: dg.AssetExecutionContext, config: AlertConfig, ware
                 "the refresh itself worked); its metadata lists the open incidents.")
 def no_open_incidents(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     with warehouse.engine(read_only=True).connect() as conn:
-        rows = conn.execute(sa.select(ALERT_INCIDENTS).where(ALERT_INCIDENTS.c.resolved_at_ms.is_(None))
-                            .order_by(ALERT_INCIDENTS.c.opened_at_ms.desc())).all()
+        rows = open_incidents(conn)
     return dg.AssetCheckResult(
         passed=not rows, severity=dg.AssetCheckSeverity.WARN,
         description=f"{len(rows)} open incidents: " + "; ".join(f"{r.rule} in {r.scope_name}" for r in rows)

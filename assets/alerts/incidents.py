@@ -20,11 +20,12 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 from assets.alerts.evaluation import FIRING, OK, Evaluation, evaluate
-from assets.alerts.listing import ALERT_INCIDENTS, ALERT_NOTIFICATIONS
+from assets.alerts.listing import ALERT_INCIDENTS, ALERT_NOTIFICATIONS, utc_time
 from assets.alerts.metrics import METRICS
 from assets.alerts.rules import Channel, RulesFile
 from assets.insights.dimensions import rank_against
 from assets.insights.registry import Population
+from assets.insights.rollups import positive_causes
 from resources import notify
 from resources.settings import mask_uri
 
@@ -50,11 +51,17 @@ def window_root_causes(conn: sa.Connection, evaluation: Evaluation, now_ms: int)
     window = Population(experiment_ids=[evaluation.experiment_id], start_time=now_ms - rule.window_s * 1000,
                         end_time=now_ms - 1)
     ranked = rank_against(conn, window, [outcome], rule.min_support)[0]
-    causes = [found for found in ranked.data if (found.correlation.npmi_score or 0) > 0][:TOP_CAUSES]
+    causes = positive_causes(ranked)[:TOP_CAUSES]
     return [{"description": found.description, "dimension": found.dimension.name,
              "parameters": found.dimension.parameters, "npmi": round(found.correlation.npmi_score, 4),
              "count": found.count, "intersection_count": found.intersection_count,
              "mlflow_filter": found.mlflow_filter} for found in causes]
+
+
+def open_incidents(conn: sa.Connection) -> list[sa.Row]:
+    """The incidents not resolved, newest first."""
+    return conn.execute(sa.select(ALERT_INCIDENTS).where(ALERT_INCIDENTS.c.resolved_at_ms.is_(None))
+                        .order_by(ALERT_INCIDENTS.c.opened_at_ms.desc())).all()
 
 
 def _queue(conn: sa.Connection, incident_id: str, event: str, channels: list[Channel], now_ms: int) -> int:
@@ -70,9 +77,8 @@ def record(conn: sa.Connection, evaluations: list[Evaluation], rules: RulesFile,
     """Open, keep or resolve each scope's incident from its evaluation and queue the notifications (inside the
     caller's transaction). An open incident of a rule the file no longer has resolves without notification."""
     changes = Changes()
-    open_now = {(row.rule, row.scope): row for row in conn.execute(
-        sa.select(ALERT_INCIDENTS).where(ALERT_INCIDENTS.c.resolved_at_ms.is_(None))).all()
-        if METRICS.get(row.metric) is None or METRICS[row.metric].source == source}
+    open_now = {(row.rule, row.scope): row for row in open_incidents(conn)
+                if METRICS.get(row.metric) is None or METRICS[row.metric].source == source}
     for evaluation in evaluations:
         rule = evaluation.rule
         incident = open_now.pop((rule.name, evaluation.scope), None)
@@ -115,10 +121,6 @@ def record(conn: sa.Connection, evaluations: list[Evaluation], rules: RulesFile,
 # --- notifications ---------------------------------------------------------------------------------------------------
 
 
-def _utc(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
 def _duration(ms: int) -> str:
     minutes = max(1, round(ms / 60_000))
     return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
@@ -144,9 +146,9 @@ def message(notification: sa.Row, incident: sa.Row, where: dict[str, str]) -> no
     if notification.event == OPENED:
         subject = f"[llmops] OPEN {incident.rule} in {incident.scope_name}: {incident.condition}"
         lines = [f"OPEN: {incident.rule} in {incident.scope_name}",
-                 f"{incident.condition} ({incident.sample_count} samples), since {_utc(incident.opened_at_ms)}."]
+                 f"{incident.condition} ({incident.sample_count} samples), since {utc_time(incident.opened_at_ms)}."]
         if incident.resolved_at_ms is not None:  # delivered late: say it is over
-            lines.append(f"(Resolved since {_utc(incident.resolved_at_ms)}.)")
+            lines.append(f"(Resolved since {utc_time(incident.resolved_at_ms)}.)")
         if causes:
             lines.append("Top root causes (what goes with it in the window):")
             lines += [f"  {n}. {c['description']} (NPMI {c['npmi']:.2f}; {c['intersection_count']} of the "
@@ -157,7 +159,7 @@ def message(notification: sa.Row, incident: sa.Row, where: dict[str, str]) -> no
         lines = [f"RESOLVED: {incident.rule} in {incident.scope_name}",
                  f"{incident.metric} is {now} now; it was {incident.condition}.",
                  f"Open for {_duration((incident.resolved_at_ms or 0) - incident.opened_at_ms)} "
-                 f"(since {_utc(incident.opened_at_ms)})."]
+                 f"(since {utc_time(incident.opened_at_ms)})."]
     lines += [f"{name.capitalize()}: {url}" for name, url in where.items()]
     fields = {
         "event": notification.event,
@@ -248,6 +250,5 @@ def evaluate_and_notify(engine: sa.Engine, rules: RulesFile, source: str, where:
         changes.warnings[:0] = warnings
     deliveries = deliver(engine, rules.channels, where, now_ms)
     with engine.connect() as conn:
-        still_open = conn.execute(sa.select(ALERT_INCIDENTS).where(ALERT_INCIDENTS.c.resolved_at_ms.is_(None))
-                                  .order_by(ALERT_INCIDENTS.c.opened_at_ms.desc())).all()
+        still_open = open_incidents(conn)
     return AlertRun(evaluations, changes, deliveries, still_open)

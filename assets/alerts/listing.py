@@ -16,6 +16,8 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
+from assets.insights.queries import has_table
+
 ALERT_INCIDENTS = sa.table("alert_incidents", *(sa.column(name) for name in (
     "incident_id", "rule", "metric", "scope", "experiment_id", "scope_name", "opened_at_ms", "resolved_at_ms",
     "window_s", "direction", "threshold", "baseline", "value", "sample_count", "condition", "root_causes_json",
@@ -76,13 +78,6 @@ class IncidentsResponse(BaseModel):
     incidents: list[Incident] = Field(description="Newest opened first.")
 
 
-def has_alert_tables(conn: sa.Connection) -> bool:
-    """Whether the warehouse's schema has migration 9's tables (a read-only connection cannot create them)."""
-    return bool(conn.exec_driver_sql(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
-        "AND table_name = 'alert_incidents'").scalar())
-
-
 def list_incidents(conn: sa.Connection, *, state: States = "open", experiment_ids: list[str] | None = None,
                    limit: int = 100) -> list[Incident]:
     """At most `limit` incidents in `state`, newest opened first, each with its notifications; with
@@ -91,7 +86,7 @@ def list_incidents(conn: sa.Connection, *, state: States = "open", experiment_id
         raise ValueError(f"state must be 'open', 'resolved' or 'all', not {state!r}")
     if limit < 1:
         raise ValueError(f"limit must be at least 1, not {limit}")
-    if not has_alert_tables(conn):
+    if not has_table(conn, ALERT_INCIDENTS.name):  # a warehouse from before migration 9
         return []
     t = ALERT_INCIDENTS
     query = sa.select(t)

@@ -44,13 +44,19 @@ VALID_FEEDBACK = sa.and_(ASSESSMENTS.c.assessment_type == "feedback", ASSESSMENT
                          ASSESSMENTS.c.value_type.is_not(None))
 
 
+def has_table(conn: sa.Connection, name: str) -> bool:
+    """Whether the warehouse has table `name` (one written by an older version may not; a read-only connection
+    cannot create it)."""
+    return bool(conn.execute(sa.text(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = :name"),
+        {"name": name}).scalar())
+
+
 def known_experiments(conn: sa.Connection, experiment_ids: list[str]) -> set[str]:
     """Which of the ids the warehouse knows: the store's experiments (with or without traces), as every extract
     since schema version 7 records them; for a warehouse not extracted since, those with traces. The small
     experiments table, not a scan of every trace's experiment (~40 % of a cheap request's time at 1M traces)."""
-    if conn.exec_driver_sql(
-            "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = 'experiments'"
-    ).scalar() and conn.execute(sa.select(sa.func.count()).select_from(EXPERIMENTS)).scalar():
+    if has_table(conn, "experiments") and conn.execute(sa.select(sa.func.count()).select_from(EXPERIMENTS)).scalar():
         table = EXPERIMENTS
     else:
         table = TRACES

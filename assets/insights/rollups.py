@@ -97,10 +97,14 @@ ROOT_CAUSES_DDL = "CREATE OR REPLACE TABLE root_causes ({})".format(
     ", ".join(f"{name} {kind}" for name, kind in ROOT_CAUSES_COLUMNS.items()))
 
 
+def positive_causes(ranked: CorrelationsResponse) -> list:
+    """The positively associated dimension values only, best first: a value that goes with the outcome no more
+    than chance (NPMI <= 0, e.g. a span type every trace has) is no cause."""
+    return [found for found in ranked.data if (found.correlation.npmi_score or 0) > 0]
+
+
 def root_cause_rows(experiment_id: str, outcome: Dimension, ranked: CorrelationsResponse) -> list[dict]:
-    """The positively associated dimension values only: a value that goes with the outcome no more than chance
-    (NPMI <= 0, e.g. a span type every trace has) is no cause."""
-    causes = [found for found in ranked.data if (found.correlation.npmi_score or 0) > 0]
+    causes = positive_causes(ranked)
     about = {
         "experiment_id": experiment_id, "outcome": outcome.name, "outcome_value": ranked.dimension.value,
         "outcome_description": registry.phrase(outcome),
