@@ -26,11 +26,10 @@ class AlertConfig(dg.Config):
                                    "$LLMOPS_ALERT_RULES, else alerts/rules.yaml.")
 
 
-def _rules(config: AlertConfig) -> tuple[Path, RulesFile]:
+def _rules(config: AlertConfig) -> RulesFile:
     """The rules file, or a failure naming each problem as file:line (before anything changes)."""
-    path = Path(config.rules_file) if config.rules_file else rules_path()
     try:
-        return path, load_rules(path)
+        return load_rules(Path(config.rules_file) if config.rules_file else rules_path())
     except AlertRulesFileError as exc:
         raise dg.Failure(description=str(exc), metadata={"problems": [str(p) for p in exc.problems]}) from None
 
@@ -40,7 +39,7 @@ def _where(mlflow: MlflowResource):
     return lambda experiment_id: links(experiment_id, mlflow.tracking_uri, public_url)
 
 
-def _result(context: dg.AssetExecutionContext, path: Path, rules: RulesFile, run: AlertRun,
+def _result(context: dg.AssetExecutionContext, rules: RulesFile, run: AlertRun,
             **extra) -> dg.MaterializeResult:
     for warning in run.changes.warnings:
         context.log.warning(warning)
@@ -62,7 +61,7 @@ def _result(context: dg.AssetExecutionContext, path: Path, rules: RulesFile, run
         "channels": dg.MetadataValue.md(markdown_table(  # the host only: an address is a secret
             ["channel", "address", "state"],
             [(c.name, c.shown, f"off: {c.off}" if c.off else "on") for c in rules.channels.values()])),
-        "rules_file": dg.MetadataValue.path(str(path)),
+        "rules_file": dg.MetadataValue.path(str(rules.path)),
         **extra,
     })
 
@@ -76,11 +75,11 @@ def _result(context: dg.AssetExecutionContext, path: Path, rules: RulesFile, run
 )
 def alert_incidents(context: dg.AssetExecutionContext, config: AlertConfig, warehouse: WarehouseResource,
                     mlflow: MlflowResource) -> dg.MaterializeResult:
-    path, rules = _rules(config)
+    rules = _rules(config)
     with warehouse.migrated():
         pass  # the alert tables exist, also on a warehouse last written by an older version
     run = evaluate_and_notify(warehouse.engine(read_only=False), rules, "traces", _where(mlflow))
-    return _result(context, path, rules, run)
+    return _result(context, rules, run)
 
 
 @dg.asset_check(asset=alert_incidents, description="Passes while no incident is open (a warning, not a failure: "
@@ -106,7 +105,7 @@ def no_open_incidents(warehouse: WarehouseResource) -> dg.AssetCheckResult:
 )
 def endpoint_health(context: dg.AssetExecutionContext, config: AlertConfig, warehouse: WarehouseResource,
                     mlflow: MlflowResource, deployment: DeploymentResource) -> dg.MaterializeResult:
-    path, rules = _rules(config)
+    rules = _rules(config)
     try:
         target = deployment.target(mlflow.tracking_uri, mlflow.agent_experiment)
     except DeployError as exc:  # the environments file or LLMOPS_DEPLOY_ENV is wrong: say so, no stack
@@ -126,7 +125,7 @@ def endpoint_health(context: dg.AssetExecutionContext, config: AlertConfig, ware
                  "version": dg.MetadataValue.int(health.version) if health.version is not None else None,
                  "latency_ms": dg.MetadataValue.float(health.latency_ms) if health.latency_ms is not None else None,
                  "reason": dg.MetadataValue.text(health.reason or "")}
-    return _result(context, path, rules, run, **{k: v for k, v in state.items() if v is not None})
+    return _result(context, rules, run, **{k: v for k, v in state.items() if v is not None})
 
 
 ALERT_ASSETS = [alert_incidents, endpoint_health]

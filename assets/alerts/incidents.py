@@ -37,7 +37,6 @@ OPENED, RESOLVED = "opened", "resolved"
 class Changes:
     opened: list[str] = field(default_factory=list)  # incident ids
     resolved: list[str] = field(default_factory=list)
-    queued: int = 0
     warnings: list[str] = field(default_factory=list)
 
 
@@ -64,12 +63,11 @@ def open_incidents(conn: sa.Connection) -> list[sa.Row]:
                         .order_by(ALERT_INCIDENTS.c.opened_at_ms.desc())).all()
 
 
-def _queue(conn: sa.Connection, incident_id: str, event: str, channels: list[Channel], now_ms: int) -> int:
+def _queue(conn: sa.Connection, incident_id: str, event: str, channels: list[Channel], now_ms: int) -> None:
     rows = [{"notification_id": str(uuid.uuid4()), "incident_id": incident_id, "event": event,
              "channel": channel.name, "created_at_ms": now_ms, "attempts": 0} for channel in channels]
     if rows:
         conn.execute(ALERT_NOTIFICATIONS.insert(), rows)
-    return len(rows)
 
 
 def record(conn: sa.Connection, evaluations: list[Evaluation], rules: RulesFile, now_ms: int,
@@ -104,7 +102,7 @@ def record(conn: sa.Connection, evaluations: list[Evaluation], rules: RulesFile,
             continue
         if event:
             channels = [rules.channels[name] for name in rule.notify]
-            changes.queued += _queue(conn, incident_id, event, [c for c in channels if c.off is None], now_ms)
+            _queue(conn, incident_id, event, [c for c in channels if c.off is None], now_ms)
             changes.warnings += [f"channel {c.name} is off ({c.off}): the {event} incident of rule {rule.name} "
                                  "is not sent there" for c in channels if c.off is not None]
     names = {rule.name for rule in rules.rules}
