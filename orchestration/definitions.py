@@ -38,6 +38,9 @@ def build_definitions() -> dg.Definitions:
         assets=ASSETS,
         asset_checks=ALERT_CHECKS,
         jobs=JOBS,
+        # Steps run in the run's own process: a process per step would import MLflow and Dagster again (~3 s a
+        # step) to gain parallelism that two mostly sequential steps on a small machine cannot use.
+        executor=dg.in_process_executor,
         schedules=build_schedules(running),
         sensors=[*build_sensors(running), build_automation_sensor(running)],
         resources={

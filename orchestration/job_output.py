@@ -7,6 +7,8 @@ Results block from the assets' metadata, and the whole log (every Dagster event,
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -123,6 +125,13 @@ def _library_logs_to(path: Path, verbose: bool) -> Iterator[None]:
     """While the job runs, library log records go to the run's log file (and, verbose, also where they went)."""
     logging.captureWarnings(True)
     handler = _file_handler(path)
+    configure_mlflow = "mlflow" not in sys.modules and "MLFLOW_CONFIGURE_LOGGING" not in os.environ
+    if configure_mlflow:
+        # A step that imports MLflow would replace its logger's handlers with its own stderr one, mid-run: MLflow
+        # is told not to, and its logger is set up here the way MLflow does it (INFO, to stderr).
+        os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"
+        logging.getLogger("mlflow").setLevel(logging.INFO)
+        logging.getLogger("mlflow").handlers = [logging.StreamHandler()]
     saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate)
              for name in LIBRARY_LOGGERS}
     for name in LIBRARY_LOGGERS:
@@ -139,6 +148,8 @@ def _library_logs_to(path: Path, verbose: bool) -> Iterator[None]:
             logger.handlers[:] = handlers
             logger.propagate = propagate
         handler.close()
+        if configure_mlflow:
+            os.environ.pop("MLFLOW_CONFIGURE_LOGGING", None)
 
 
 @dataclass

@@ -229,8 +229,10 @@ class LocalServing:
         log_path = self.state_path.parent / f"{self.environment}-v{version}-{port}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         # The venv's bin first: MLflow execs `uvicorn` by name. An inherited MLFLOW_EXPERIMENT_ID (mlflow.set_experiment
-        # exports it) would beat the MLFLOW_EXPERIMENT_NAME the deployment gives, and the traces land elsewhere.
-        inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"}
+        # exports it) would beat the MLFLOW_EXPERIMENT_NAME the deployment gives, and the traces land elsewhere; the
+        # MLFLOW_CONFIGURE_LOGGING=false an llmops command runs its job with would leave the server's log without
+        # MLflow's lines.
+        inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_CONFIGURE_LOGGING")}
         env = {**inherited, **self.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         with open(log_path, "wb") as log:
             process = subprocess.Popen(

@@ -117,21 +117,51 @@ class SqlTrackingStore:
         return staged
 
 
+def mlflow_revisions() -> dict[str, tuple[str, ...]]:
+    """Each alembic revision of the installed MLflow's schema → the revisions it follows, read from the migration
+    scripts' `revision`/`down_revision` assignments without running them: alembic's own loader executes every
+    script, which imports all of MLflow (~2 s of every extract's start-up)."""
+    import ast
+    import importlib.util
+
+    folder = Path(importlib.util.find_spec("mlflow").submodule_search_locations[0]) / "store" / "db_migrations"
+    revisions = {}
+    for script in (folder / "versions").glob("*.py"):
+        assigned = {target.id: node.value for node in ast.parse(script.read_text()).body
+                    if isinstance(node, ast.Assign) for target in node.targets if isinstance(target, ast.Name)}
+        if "revision" in assigned:
+            down = ast.literal_eval(assigned["down_revision"]) if "down_revision" in assigned else None
+            revisions[ast.literal_eval(assigned["revision"])] = (
+                () if down is None else (down,) if isinstance(down, str) else tuple(down))
+    return revisions
+
+
+def _supported_revisions(revisions: dict[str, tuple[str, ...]]) -> set[str]:
+    """The head and every revision back to FIRST_SUPPORTED_REVISION (the revisions later than it, and it)."""
+    followers: dict[str, list[str]] = {}
+    for revision, downs in revisions.items():
+        for down in downs:
+            followers.setdefault(down, []).append(revision)
+    supported, todo = set(), [FIRST_SUPPORTED_REVISION]
+    while todo:
+        if (revision := todo.pop()) not in supported:
+            supported.add(revision)
+            todo.extend(followers.get(revision, []))
+    return supported
+
+
 def check_schema_revision(con: duckdb.DuckDBPyConnection, uri: str) -> str:
     """Refuse stores older than MLflow 3.17's trace layout; return the store's alembic revision."""
-    from alembic.script import ScriptDirectory
-    from mlflow.store.db.utils import _get_alembic_config
-
     try:
         revision = con.execute("SELECT version_num FROM src.alembic_version").fetchone()[0]
     except duckdb.Error as exc:
         raise SourceError(
             f"{mask_uri(uri)} is not an MLflow tracking store (no alembic_version): {scrub(str(exc), uri)}") from None
-    script = ScriptDirectory.from_config(_get_alembic_config(uri))
-    supported = {r.revision for r in script.iterate_revisions(script.get_current_head(), FIRST_SUPPORTED_REVISION)}
+    revisions = mlflow_revisions()
+    supported = _supported_revisions(revisions)
     if revision in supported:
         return revision
-    if revision not in {r.revision for r in script.walk_revisions()}:
+    if revision not in revisions:
         # Written by a newer MLflow than ours: accept it if the 3.17 columns are there.
         columns = {
             row[0]

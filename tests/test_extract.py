@@ -22,7 +22,7 @@ from mlflow.tracking._tracking_service.utils import _get_store
 
 from assets.traces.extract import extract_traces
 from resources.agent.traffic import seed_demo
-from resources.trace_sources import SourceError, SqlTrackingStore, source_for
+from resources.trace_sources import FIRST_SUPPORTED_REVISION, SourceError, SqlTrackingStore, mlflow_revisions, source_for
 from tests.conftest import HOSTILE_TAGS, Store
 from tests.oracle import downgrade, mlflow_rows, table_dump, warehouse_rows
 
@@ -264,6 +264,23 @@ def test_pre_317_store_is_refused_with_the_supported_range(store: Store, warehou
     with pytest.raises(SourceError, match=r"older than MLflow 3\.17.*LLMOPS_TRACE_SOURCE=api"):
         extract_traces(SqlTrackingStore(store.uri), warehouse_path)
     assert not Path(warehouse_path).exists()
+
+
+def test_a_store_at_the_first_317_revision_is_read(store: Store, warehouse_path: str):
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE alembic_version SET version_num = ?", [FIRST_SUPPORTED_REVISION])
+    assert extract_traces(SqlTrackingStore(store.uri), warehouse_path).mode == "full"
+
+
+def test_revisions_are_read_as_alembic_reads_them():
+    """The migration scripts' revision graph, parsed without running them, is alembic's own."""
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+
+    script = ScriptDirectory.from_config(_get_alembic_config("sqlite://"))
+    assert mlflow_revisions() == {
+        r.revision: (r.down_revision,) if isinstance(r.down_revision, str) else tuple(r.down_revision or ())
+        for r in script.walk_revisions()}
 
 
 def test_unknown_source_kind_names_the_choices():

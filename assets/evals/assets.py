@@ -2,14 +2,11 @@
 prompts) on every eval suite, logged to MLflow and the warehouse, gated by a blocking check."""
 
 import os
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
-from assets.evals.dataset import EvalFileError, load_eval_suites, register_dataset
-from assets.evals.results import write_eval_results
-from assets.evals.runner import EvalOutcome, decide, run_suite
-from assets.evals.scorers import CODE_SCORERS, judge_scorers
 from assets.failures import run_failures
 from assets.prompts.assets import AGENT_PROMPTS
 from assets.prompts.registry import prompt_state
@@ -38,6 +35,9 @@ from resources.settings import (
 )
 from resources.user_files import UserFilesResource
 from resources.warehouse import WarehouseResource
+
+if TYPE_CHECKING:  # the evaluation code loads MLflow's genai stack and the agent: imported by the step itself
+    from assets.evals.runner import EvalOutcome
 
 GATE_CHECK = "eval_gate"
 
@@ -72,7 +72,7 @@ def baseline_prompts(client, candidate: AgentPrompts) -> AgentPrompts | None:
     return None if baseline.versions == candidate.versions else baseline
 
 
-def _failures_md(candidates: list[EvalOutcome]) -> str:
+def _failures_md(candidates: "list[EvalOutcome]") -> str:
     rows = [(o.suite, f.example_id, f.scorer, (f.error or f.rationale or "")[:120]) for o in candidates for f in o.failures()]
     return markdown_table(["suite", "example", "scorer", "why"], rows[:50]) if rows else "No scorer failed."
 
@@ -90,6 +90,11 @@ def _failures_md(candidates: list[EvalOutcome]) -> str:
 )
 def prompt_evals(context: dg.AssetExecutionContext, config: EvalConfig, mlflow: MlflowResource,
                  warehouse: WarehouseResource, user_files: UserFilesResource):
+    from assets.evals.dataset import EvalFileError, load_eval_suites, register_dataset
+    from assets.evals.results import write_eval_results
+    from assets.evals.runner import decide, run_suite
+    from assets.evals.scorers import CODE_SCORERS, judge_scorers
+
     try:
         suites = load_eval_suites(user_files.evals)
     except EvalFileError as exc:

@@ -7,7 +7,6 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
 
-from assets.insights.report import REPORT_FILE, render_report
 from assets.insights.outcomes import load_outcomes, outcomes_path
 from assets.insights.rollups import write_rollups, write_root_causes
 from assets.traces.quality import markdown_table
@@ -87,6 +86,8 @@ def root_causes(context: dg.AssetExecutionContext, config: RootCauseConfig,
     "heatmap. Served by `llmops serve` at /report; the link (with LLMOPS_PUBLIC_URL) or the path is in the metadata.",
 )
 def insights_report(config: ReportConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    from assets.insights.report import REPORT_FILE, render_report  # pandas and Plotly: ~0.6 s only this step pays
+
     folder = Path(config.reports_dir or os.environ[settings.LLMOPS_REPORTS_DIR]).resolve()
     served = os.environ.get(settings.LLMOPS_REPORTS_DIR)
     # `llmops serve` answers the report of $LLMOPS_REPORTS_DIR: one written elsewhere gets its path only

@@ -3,18 +3,21 @@ labeling sessions on a `databricks` tracking URI), and their progress."""
 
 import time
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
 from assets.failures import run_failures
-from assets.labeling.backends import LabelingBackend, labeling_backend
 from assets.labeling.rules import RulesFileError, load_rules
 from assets.labeling.sessions import add_to_sessions, feedback_rows, progress_rows
 from assets.traces.quality import markdown_table
 from resources.mlflow import MlflowResource
 from resources.user_files import UserFilesResource
 from resources.warehouse import WarehouseResource
+
+if TYPE_CHECKING:  # MLflow's labeling APIs are imported by the steps that use them
+    from assets.labeling.backends import LabelingBackend
 
 COMMON = dict(group_name="labeling", owners=["team:llmops-platform"], kinds={"mlflow"})
 PROGRESS_COLUMNS = ["session", "rule", "experiment_id", "reviewers", "items", "pending", "completed", "declined",
@@ -38,7 +41,9 @@ def _rules(user_files: UserFilesResource):
         raise dg.Failure(description=str(exc)) from None
 
 
-def _backend(mlflow: MlflowResource) -> LabelingBackend:
+def _backend(mlflow: MlflowResource) -> "LabelingBackend":
+    from assets.labeling.backends import labeling_backend
+
     try:
         return labeling_backend(mlflow.tracking_uri)
     except RuntimeError as exc:

@@ -15,11 +15,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import duckdb
-from mlflow import MlflowClient
+from typing import TYPE_CHECKING
 
-from assets.labeling.backends import LabelingBackend
+import duckdb
+
 from assets.labeling.rules import Rule, RulesFile
+
+if TYPE_CHECKING:  # the backends load MLflow's labeling APIs: imported by the steps that use them
+    from assets.labeling.backends import LabelingBackend
 
 CONTROL_TAG = "llmops.review_control"
 FEEDBACK_COLUMNS = ("assessment_id", "trace_id", "experiment_id", "name", "source_type", "bool_value", "numeric_value",
@@ -99,6 +102,8 @@ def add_to_sessions(backend: LabelingBackend, rules: RulesFile, rows: list[Feedb
     """Add each matching trace of `rows` to its rule's open session, unless one of the rule's sessions has it;
     controls are drawn from feedback last updated by `controls_until_ms`."""
     now = now or datetime.now(timezone.utc)
+    from mlflow import MlflowClient
+
     client, changes = MlflowClient(tracking_uri), []
     for rule in rules.rules:
         by_experiment: dict[str, list[str]] = defaultdict(list)

@@ -2,14 +2,12 @@
 Databricks Model Serving) with the `champion` alias on the version that serves."""
 
 import time
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import dagster as dg
-from mlflow import MlflowClient
 from pydantic import Field
 
 from assets.failures import run_failures
-from assets.models.registry import alias_version, register_agent
 from assets.prompts.assets import AGENT_PROMPTS
 from assets.prompts.registry import git_commit, prompt_state
 from assets.traces.quality import markdown_table
@@ -27,11 +25,13 @@ from assets.vocabulary import (
     ROLLED_BACK_AT,
     SMOKE_TAG,
 )
-from resources.agent.responses_agent import INPUT_EXAMPLE
 from resources.deployment import DeploymentResource
 from resources.mlflow import MlflowResource
 from resources.serving import DeployError
 from resources.settings import PROJECT_DIR
+
+if TYPE_CHECKING:  # MLflow, the model registry and the agent are imported by the steps that use them
+    from mlflow import MlflowClient
 
 COMMON = dict(group_name="models", owners=["team:llmops-platform"])
 
@@ -44,6 +44,8 @@ COMMON = dict(group_name="models", owners=["team:llmops-platform"])
 )
 def agent_model(context: dg.AssetExecutionContext, mlflow: MlflowResource,
                 deployment: DeploymentResource) -> dg.MaterializeResult:
+    from assets.models.registry import register_agent
+
     client = mlflow.client()
     with run_failures(mlflow):
         productions = {name: prompt_state(client, name).alias(PRODUCTION) for name in AGENT_PROMPTS}
@@ -79,9 +81,11 @@ class DeployConfig(dg.Config):
         "test; rollback: serve the version `champion` replaced and move the alias back.")
 
 
-def _serve(context, client: MlflowClient, deployment: DeploymentResource, target, version: int,
+def _serve(context, client: "MlflowClient", deployment: DeploymentResource, target, version: int,
            replaces: int | None, rollback: bool = False) -> dg.MaterializeResult:
     """Deploy `version` in place of `replaces`; only after its smoke test passed, tag it and move `champion`."""
+    from resources.agent.responses_agent import INPUT_EXAMPLE
+
     name = deployment.model_name
     context.log.info(f"deploying {name} version {version} to {deployment.environment}")
     try:
@@ -130,6 +134,8 @@ def _nothing_to_do(context, deployment: DeploymentResource, note: str, **metadat
 )
 def agent_deployment(context: dg.AssetExecutionContext, config: DeployConfig, mlflow: MlflowResource,
                      deployment: DeploymentResource) -> dg.MaterializeResult:
+    from assets.models.registry import alias_version
+
     client, name = mlflow.client(), deployment.model_name
     with run_failures(mlflow):
         target = deployment.target(mlflow.tracking_uri, mlflow.agent_experiment)

@@ -1,10 +1,9 @@
 """Group `prompts`: prompt files synced into MLflow's Prompt Registry, and the `production` alias that
 evaluations justify (promotion) or a rollback restores."""
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import dagster as dg
-from mlflow import MlflowClient
 from pydantic import Field
 
 from assets.failures import run_failures
@@ -39,6 +38,9 @@ from assets.vocabulary import (
 from resources.agent.prompts import ANSWER, SYSTEM
 from resources.mlflow import MlflowResource
 from resources.user_files import UserFilesResource
+
+if TYPE_CHECKING:  # MLflow is imported when a step makes its client, not by loading the definitions
+    from mlflow import MlflowClient
 
 AGENT_PROMPTS = (SYSTEM, ANSWER)  # what the evaluated demo agent loads; promotion moves these together
 COMMON = dict(group_name="prompts", owners=["team:llmops-platform"])
@@ -86,7 +88,7 @@ class ProductionConfig(dg.Config):
         "justified; rollback: move it back to the versions the last promotion replaced.")
 
 
-def passing_evaluation(client: MlflowClient, experiment_id: str, versions: dict[str, int]) -> list:
+def passing_evaluation(client: "MlflowClient", experiment_id: str, versions: dict[str, int]) -> list:
     """The candidate runs of the latest evaluation that passed the gate for exactly these prompt versions."""
     filters = [f"tags.`{ROLE_TAG}` = '{CANDIDATE}'", f"tags.`{GATE_TAG}` = '{GATE_PASSED}'"]
     filters += [f"tags.`{PROMPT_TAG_PREFIX}{name}` = '{version}'" for name, version in versions.items()]
@@ -98,7 +100,7 @@ def passing_evaluation(client: MlflowClient, experiment_id: str, versions: dict[
     return [r for r in runs if r.data.tags.get(DAGSTER_RUN_TAG) == latest]
 
 
-def _promote_candidates(context, client: MlflowClient, eval_experiment: str) -> ProductionChange:
+def _promote_candidates(context, client: "MlflowClient", eval_experiment: str) -> ProductionChange:
     candidates = {name: int(client.get_prompt_version_by_alias(name, CANDIDATE).version) for name in AGENT_PROMPTS}
     experiment = client.get_experiment_by_name(eval_experiment)
     runs = passing_evaluation(client, experiment.experiment_id, candidates) if experiment else []

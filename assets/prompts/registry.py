@@ -14,10 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from mlflow import MlflowClient
-from mlflow.entities.model_registry.prompt_version import PromptVersion
-from mlflow.exceptions import MlflowException
+from typing import TYPE_CHECKING
 
 from assets.prompts.files import LoadedPrompt
 from assets.vocabulary import (
@@ -30,6 +27,10 @@ from assets.vocabulary import (
     ROLLED_BACK_AT,
     SOURCE_TAG,
 )
+
+if TYPE_CHECKING:  # MLflow is imported by the steps that call it, not by loading the definitions
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry.prompt_version import PromptVersion
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class PromptState:
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> int | None:
+    from mlflow.exceptions import MlflowException
+
     try:
         return int(client.get_prompt_version_by_alias(name, alias).version)
     except MlflowException as exc:
