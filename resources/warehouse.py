@@ -243,6 +243,14 @@ MIGRATIONS: list[str] = [
         reason VARCHAR                            -- why it is down
     );
     """,
+    # 10: the trace's experiment and time on metadata rows too (as migration 2 did for tags), so metadata
+    # dimensions are discovered and counted without joining every metadata row to its trace.
+    """
+    ALTER TABLE trace_metadata ADD COLUMN experiment_id VARCHAR;
+    ALTER TABLE trace_metadata ADD COLUMN trace_timestamp_ms BIGINT;
+    UPDATE trace_metadata SET experiment_id = traces.experiment_id, trace_timestamp_ms = traces.timestamp_ms
+    FROM traces WHERE traces.trace_id = trace_metadata.trace_id;
+    """,
 ]
 
 CONTRACT_TABLES = ("traces", "spans", "trace_tags", "trace_metadata", "assessments", "trace_links")

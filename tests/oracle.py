@@ -141,6 +141,7 @@ UNDO_MIGRATION = {
         *(f"ALTER TABLE spans DROP COLUMN {c}" for c in ("input_cost", "output_cost", "exception_type")),
         *(f"ALTER TABLE assessments DROP COLUMN {c}" for c in ("metadata_json", "aggregate_value", "is_numeric_value"))],
     9: ["DROP TABLE alert_incidents", "DROP TABLE alert_notifications", "DROP TABLE endpoint_checks"],
+    10: ["ALTER TABLE trace_metadata DROP COLUMN experiment_id", "ALTER TABLE trace_metadata DROP COLUMN trace_timestamp_ms"],
 }
 
 

@@ -41,9 +41,11 @@ def assert_matches_mlflow(store: Store, warehouse_path: str, experiment_ids: lis
 
 
 def assert_child_rows_carry_their_trace(warehouse_path: str) -> None:
-    """Spans, tags and assessments hold their trace's time (and tags its experiment), row for row."""
+    """Spans, tags, metadata and assessments hold their trace's time (and tags and metadata its experiment), row
+    for row."""
+    experiment = " OR c.experiment_id IS DISTINCT FROM t.experiment_id"
     with duckdb.connect(warehouse_path, read_only=True) as con:
-        for table, extra in (("spans", ""), ("trace_tags", " OR c.experiment_id IS DISTINCT FROM t.experiment_id"),
+        for table, extra in (("spans", ""), ("trace_tags", experiment), ("trace_metadata", experiment),
                              ("assessments", "")):
             total, wrong = con.execute(
                 f"SELECT count(*), count(*) FILTER (c.trace_timestamp_ms IS DISTINCT FROM t.timestamp_ms{extra}) "
@@ -58,6 +60,13 @@ def test_migration_2_backfills_trace_time_on_an_existing_warehouse(seeded_store:
     result = extract_traces(SqlTrackingStore(seeded_store.uri), warehouse_path)
     assert result.mode == "incremental"  # migration 7 has every trace copied again, to fill its new columns
     assert_matches_mlflow(seeded_store, warehouse_path)
+    assert_child_rows_carry_their_trace(warehouse_path)
+
+
+def test_migration_10_backfills_the_trace_of_metadata_rows(seeded_store: Store, warehouse_path: str):
+    extract_traces(SqlTrackingStore(seeded_store.uri), warehouse_path)
+    downgrade(warehouse_path, 9)  # as written before metadata rows carried their trace's experiment and time
+    assert extract_traces(SqlTrackingStore(seeded_store.uri), warehouse_path).mode == "unchanged"
     assert_child_rows_carry_their_trace(warehouse_path)
 
 

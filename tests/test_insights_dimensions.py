@@ -350,3 +350,25 @@ def test_sessions_with_a_thumbs_down_are_every_trace_of_those_sessions(varied):
     sessions_ranked = {c.value: c for c in ranked.data if c.dimension.name == "session"}
     assert "status is ERROR" not in sessions_ranked  # the target's own dimension, by way of its sessions
     assert sessions_ranked["user_thumbs is false"].count == 8
+
+
+def test_discovery_lists_at_most_fifty_values_and_offers_sessions_only_where_there_are_some(
+        empty_store_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A tag with 50 values lists them; one with 51 is a free string; a store without sessions offers no `session`."""
+    path = Path(shutil.copyfile(empty_store_file, tmp_path / "mlflow.db"))
+    mlflow.set_tracking_uri(f"sqlite:///{path}")
+    experiment_id = mlflow.create_experiment("many-values", artifact_location=(tmp_path / "art").as_uri())
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # set_experiment exports it; undone after the test
+    mlflow.set_experiment(experiment_id=experiment_id)
+    for i in range(51):
+        with mlflow.start_span("chat", span_type="AGENT"):
+            mlflow.update_current_trace(tags={"fifty": f"v{i % 50:02d}", "many": f"v{i:02d}"})
+    warehouse_path = str(tmp_path / "warehouse.duckdb")
+    extract_traces(SqlTrackingStore(f"sqlite:///{path}"), warehouse_path)
+    engine = sa.create_engine(f"duckdb:///{warehouse_path}", connect_args={"read_only": True})
+    with engine.connect() as conn:
+        found = {d.name: d for d in dimensions_discovery(conn, InsightsQuery(experiment_ids=[experiment_id])).data}
+    engine.dispose()
+    assert found["tags.fifty"].parameters[0].enum_values == [f"v{i:02d}" for i in range(50)]
+    assert found["tags.many"].parameters[0].enum_values is None and found["tags.many"].parameters[0].type == "string"
+    assert found["status"].parameters[0].enum_values == ["OK"] and "session" not in found

@@ -18,7 +18,7 @@ TRACES = sa.table(
     sa.column("total_cost"), sa.column("client_request_id"), sa.column("trace_name"), sa.column("session_id"),
     sa.column("user_id"),
 )
-# Spans, tags and assessments carry their trace's experiment and time (`trace_timestamp_ms`), so each is
+# Spans, tags, metadata and assessments carry their trace's experiment and time (`trace_timestamp_ms`), so each is
 # filtered and bucketed on its own, without a join.
 SPANS = sa.table(
     "spans", sa.column("trace_id"), sa.column("experiment_id"), sa.column("trace_timestamp_ms"), sa.column("span_id"),
@@ -29,7 +29,8 @@ TAGS = sa.table(
     "trace_tags", sa.column("trace_id"), sa.column("experiment_id"), sa.column("trace_timestamp_ms"),
     sa.column("key"), sa.column("value"),
 )
-METADATA = sa.table("trace_metadata", sa.column("trace_id"), sa.column("key"), sa.column("value"))
+METADATA = sa.table("trace_metadata", sa.column("trace_id"), sa.column("experiment_id"), sa.column("trace_timestamp_ms"),
+                    sa.column("key"), sa.column("value"))
 EXPERIMENTS = sa.table("experiments", sa.column("experiment_id"), sa.column("name"), sa.column("lifecycle_stage"))
 ASSESSMENTS = sa.table(
     "assessments", sa.column("assessment_id"), sa.column("trace_id"), sa.column("experiment_id"),

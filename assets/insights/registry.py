@@ -135,13 +135,6 @@ def population(query: InsightsQuery, table: sa.TableClause = TRACES) -> list[sa.
     return conditions
 
 
-def _scoped(query: InsightsQuery, table: sa.TableClause) -> tuple[sa.FromClause, list[sa.ColumnElement[bool]]]:
-    """`table` with the query's experiments and times; trace_metadata carries neither, so it joins its traces."""
-    if "experiment_id" in table.c:
-        return table, population_filter(query, table)
-    return table.join(TRACES, TRACES.c.trace_id == table.c.trace_id), population_filter(query)
-
-
 # --- discovery and candidates ----------------------------------------------------------------------------------------
 
 
@@ -186,17 +179,34 @@ def _threshold_parameters(what: str, required: bool = True) -> list[DimensionPar
 
 def _distinct(conn: sa.Connection, query: InsightsQuery, table: sa.TableClause, column: sa.ColumnElement,
               *where: sa.ColumnElement[bool]) -> list[str]:
-    source, scope = _scoped(query, table)
-    select = sa.select(column).distinct().select_from(source).where(*scope, *where, column.is_not(None))
+    select = sa.select(column).distinct().where(*population_filter(query, table), *where, column.is_not(None))
     return sorted(conn.execute(select).scalars())
+
+
+def _value_lists(conn: sa.Connection, query: InsightsQuery, table: sa.TableClause, column: sa.ColumnElement,
+                 key: sa.ColumnElement | None, *where: sa.ColumnElement[bool]) -> dict[str | None, list[str] | None]:
+    """Each key that has a value (None for a kind without keys) → its values sorted, or None past ENUM_LIMIT: one
+    scan for every key, reading at most ENUM_LIMIT + 1 values of each (a key may have a value per trace)."""
+    pairs = (sa.select((sa.null() if key is None else key).label("key"), column.label("value")).distinct()
+             .where(*population_filter(query, table), *where, column.is_not(None),
+                    *([] if key is None else [key.is_not(None)]))
+             .subquery("pairs"))
+    ranked = sa.select(pairs.c.key, pairs.c.value, sa.func.row_number().over(
+        partition_by=pairs.c.key, order_by=pairs.c.value).label("rank")).subquery("ranked")
+    found: dict[str | None, list[str]] = {}
+    for found_key, value in conn.execute(sa.select(ranked.c.key, ranked.c.value).where(ranked.c.rank <= ENUM_LIMIT + 1)):
+        found.setdefault(found_key, []).append(value)
+    return {k: sorted(values) if len(values) <= ENUM_LIMIT else None
+            for k, values in sorted(found.items(), key=lambda item: item[0] or "")}
 
 
 def _rows(query: InsightsQuery, table: sa.TableClause, name: sa.ColumnElement, value: sa.ColumnElement,
           *where: sa.ColumnElement[bool]) -> sa.Select:
     # Evaluation traces are left out by the caller's join with the counted traces, not here.
-    source, scope = _scoped(query, table)
-    return (sa.select(table.c.trace_id.label("trace_id"), name.label("name"), value.label("value"))
-            .select_from(source).where(*scope, *where).distinct())
+    rows = (sa.select(table.c.trace_id.label("trace_id"), name.label("name"), value.label("value"))
+            .where(*population_filter(query, table), *where))
+    # A trace has one row in `traces`; in a child table many rows of a trace may hold the same value.
+    return rows if table is TRACES else rows.distinct()
 
 
 def _quantile(conn: sa.Connection, query: InsightsQuery, fraction: float, column: sa.ColumnElement,
@@ -273,15 +283,9 @@ class ValueKind(Kind):
         return self.phrasing.format(key=key, value=self.words(dimension, key))
 
     def discover(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[DimensionInfo]:
-        table = self.column.table
-        keys = _distinct(conn, query, table, self.key_column, *self.where, *self.listed) if self.family else [None]
-        found = []
-        for key in keys:
-            values = _distinct(conn, query, table, self.column, *self._matching(key), *self.listed)
-            if values:
-                listed = values if len(values) <= ENUM_LIMIT else None
-                found.append(self.info(key, _value_parameters(listed, self.display.format(key=key))))
-        return found
+        listed = _value_lists(conn, query, self.column.table, self.column, self.key_column if self.family else None,
+                              *self.where, *self.listed)
+        return [self.info(key, _value_parameters(values, self.display.format(key=key))) for key, values in listed.items()]
 
     def candidates(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Facts]:
         name = sa.literal(f"{self.name}.") + self.key_column if self.family else sa.literal(self.name)
@@ -381,13 +385,15 @@ class ToolKind(Kind):
                 for tool in _distinct(conn, query, SPANS, SPANS.c.name, TOOL_SPAN)]
 
     def candidates(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Facts]:
-        name = sa.literal("tools.") + SPANS.c.name
-        succeeded = (sa.select(SPANS.c.trace_id, name.label("name"), sa.literal("success").label("value"))
-                     .where(*population_filter(query, SPANS), TOOL_SPAN).group_by(SPANS.c.trace_id, SPANS.c.name)
-                     .having(sa.func.count().filter(SPANS.c.status == "ERROR") == 0))
-        parts = [_rows(query, SPANS, name, sa.literal("used"), TOOL_SPAN),
-                 _rows(query, SPANS, name, sa.literal("error"), TOOL_SPAN, SPANS.c.status == "ERROR"), succeeded]
-        return [Facts(rows, lambda _name, value: {"value": value}) for rows in parts]
+        # One grouped scan of the tool spans gives each (trace, tool) both its rows: used, and error or success.
+        calls = (sa.select(SPANS.c.trace_id, (sa.literal("tools.") + SPANS.c.name).label("name"),
+                           (sa.func.count().filter(SPANS.c.status == "ERROR") > 0).label("failed"))
+                 .where(*population_filter(query, SPANS), TOOL_SPAN).group_by(SPANS.c.trace_id, SPANS.c.name)
+                 .subquery("tool_calls"))
+        state = sa.case((calls.c.failed, sa.literal("error")), else_=sa.literal("success"))
+        rows = sa.select(calls.c.trace_id, calls.c.name,
+                         sa.func.unnest(sa.func.list_value(sa.literal("used"), state)).label("value"))
+        return [Facts(rows, lambda _name, value: {"value": value})]
 
 
 def _feedback_value(value: Any) -> sa.ColumnElement[bool]:
@@ -522,7 +528,8 @@ class SessionKind(Kind):
         return f"in a session where {phrase(self.inner(dimension))}"
 
     def discover(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[DimensionInfo]:
-        if not _distinct(conn, query, TRACES, TRACES.c.session_id):
+        if conn.execute(sa.select(TRACES.c.session_id).where(*population_filter(query), TRACES.c.session_id.is_not(None))
+                        .limit(1)).first() is None:
             return []
         names = sorted({outcome.name for outcome in outcomes})
         return [self.info(None, [

@@ -130,7 +130,8 @@ def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
             SELECT request_id, '{TRACE_NAME_TAG}', trace_name, CAST(experiment_id AS VARCHAR), timestamp_ms
             FROM {rel('trace_info')} WHERE trace_name IS NOT NULL""",
         "trace_metadata": f"""
-            SELECT request_id, key, value FROM {rel('trace_request_metadata')}
+            SELECT request_id, key, value, joined_experiment_id, joined_timestamp_ms
+            FROM {rel('trace_request_metadata')} LEFT JOIN {trace_times} ON joined_trace_id = request_id
             WHERE key NOT IN {PROMOTED_METADATA_KEYS}""",
         "trace_links": f"""
             SELECT source_id, destination_type, destination_id, created_time FROM {rel('entity_associations')}
