@@ -53,7 +53,7 @@ from assets.insights.report import REPORT_FILE
 from assets.labeling.feedback import FeedbackError, FeedbackLinker, FeedbackRequest, FeedbackResponse
 from assets.yaml_files import InvalidFilesError
 from resources.settings import LLMOPS_API_TOKEN, LLMOPS_API_TOKENS
-from resources.warehouse import attached_engine
+from resources.warehouse import WarehouseOutdated, attached_engine
 
 PREFIX = "/api/3.0/mlflow/traces/insights"
 MLFLOW_PREFIX = "/api/3.0/mlflow/traces"  # MLflow's own trace-analytics routes
@@ -115,6 +115,8 @@ def api_error(exc: Exception) -> ApiError:
             for error in exc.errors()
         ))
     cause = getattr(exc, "orig", exc)  # SQLAlchemy wraps the driver's errors
+    if isinstance(cause, WarehouseOutdated):
+        return ApiError("TEMPORARILY_UNAVAILABLE", str(cause))
     if isinstance(cause, duckdb.IOException) and "lock" in str(cause).lower():
         return ApiError("TEMPORARILY_UNAVAILABLE", "The warehouse is being written and stayed locked: retry.")
     if isinstance(exc, HTTPException):  # no such route or method, a body FastAPI could not read

@@ -275,6 +275,20 @@ def migrate(con: duckdb.DuckDBPyConnection, catalog: str) -> None:
         con.execute("USE memory")
 
 
+class WarehouseOutdated(RuntimeError):
+    """The warehouse was written by an older version of the platform; the next write (an extract) migrates it."""
+
+
+def check_current(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    """Refuse to read a warehouse whose schema is older than this platform's (its queries would fail on a
+    missing column): a read-only reader cannot migrate it, the next extract does."""
+    version = con.execute("SELECT coalesce(max(version), 0) FROM _schema_version").fetchone()[0]
+    if version < len(MIGRATIONS):
+        raise WarehouseOutdated(
+            f"The warehouse {path} has schema version {version}; this version of the platform reads version "
+            f"{len(MIGRATIONS)}: run `llmops extract` (or any job that writes the warehouse) to migrate it.")
+
+
 class WarehouseDamaged(RuntimeError):
     """The warehouse file does not hold what its bookkeeping says; a rebuild (full refresh) repairs it."""
 
@@ -442,6 +456,7 @@ def attached_engine(path: str, lock_timeout_s: float = 30.0) -> sa.Engine:
 
     instance = duckdb.connect()  # in memory: holds no file
     turn = threading.Lock()
+    current: dict[str, tuple[int, int]] = {}  # "stamp": (mtime, size) of the file when its schema was found current
     quoted = "'" + path.replace("'", "''") + "'"
     engine = sa.create_engine("duckdb:///:memory:", poolclass=NullPool)
 
@@ -453,6 +468,15 @@ def attached_engine(path: str, lock_timeout_s: float = 30.0) -> sa.Engine:
             retry_while_locked(lambda: con.execute(f"ATTACH {quoted} AS warehouse (READ_ONLY)"), lock_timeout_s,
                                path=path)
             con.execute("USE warehouse")
+            stamp = (os.stat(path).st_mtime_ns, os.stat(path).st_size)
+            if current.get("stamp") != stamp:  # checked once per version of the file, not per request
+                try:
+                    check_current(con, path)
+                except WarehouseOutdated:
+                    con.execute("USE memory")
+                    con.execute("DETACH warehouse")
+                    raise
+                current["stamp"] = stamp
             return ConnectionWrapper(con)
         except BaseException:
             turn.release()

@@ -182,3 +182,22 @@ def test_a_broken_outcomes_file_is_named_with_its_line_not_a_bare_500(warehouse,
                                                     "dimension": {"name": "status", "parameters": {"value": "ERROR"}}})
     assert (status, answer["error_code"]) == (500, "INTERNAL_ERROR")
     assert f"{outcomes}:3" in answer["message"], answer
+
+
+def test_a_warehouse_older_than_the_platform_gets_503_until_an_extract_migrates_it(seeded_store: Store, tmp_path):
+    """A server upgraded before the next extract: its queries would fail on a missing column, so it says what to run."""
+    from assets.traces.extract import extract_traces
+    from resources.trace_sources import SqlTrackingStore
+    from tests.oracle import downgrade
+
+    warehouse = str(tmp_path / "warehouse.duckdb")
+    extract_traces(SqlTrackingStore(seeded_store.uri), warehouse)
+    downgrade(warehouse, 9)
+    body = {"experiment_ids": [seeded_store.experiment_id]}
+    with llmops_serve({"LLMOPS_HOME": str(tmp_path / "home"), "LLMOPS_DUCKDB_PATH": warehouse}) as url:
+        status, answer = post(url, "dimensions/discovery", body)
+        assert status == 503 and answer["error_code"] == "TEMPORARILY_UNAVAILABLE", answer
+        assert "schema version 9" in answer["message"] and "llmops extract" in answer["message"]
+        extract_traces(SqlTrackingStore(seeded_store.uri), warehouse)  # migrates it
+        status, answer = post(url, "dimensions/discovery", body)
+        assert status == 200 and answer["data"], answer
