@@ -7,8 +7,8 @@ the same SQLite store, with the answers checked equal, as ratios measured in the
     uv run python bench/trace_metrics.py --table bench/results/trace-metrics-1000000.json   # README table
 
 Stores are bench/trace_extract.py's (built if missing: ~15.7 GB and ~10 min for 1M); each is extracted into
-bench/data/warehouse-<size>.duckdb by bench/insights.py's `ensure_warehouse`, then brought up to date with an
-incremental extract (a warehouse left by an older schema is migrated). Per request: p50 and p95 of `--repeats`
+bench/data/warehouse-<size>.duckdb by bench/insights.py's `ensure_warehouse`, which brings a kept one up to date with
+an incremental extract (a warehouse left by an older schema is migrated). Per request: p50 and p95 of `--repeats`
 calls after one warm-up, over HTTP and through the Python API; MLflow's best of 3 (its first run of a query may
 read the SQLite file from disk). Results go to bench/results/trace-metrics-<size>.json.
 """
@@ -98,18 +98,6 @@ def p50_p95(action, repeats: int) -> tuple[object, float, float]:
     return answer, p50, times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
 
 
-def up_to_date_warehouse(size: int, data_dir: Path) -> tuple[str, Path]:
-    """The size's store and warehouse, the warehouse migrated and extracted up to the store (a no-op when it is)."""
-    from assets.traces.extract import extract_traces
-    from resources.trace_sources import SqlTrackingStore
-
-    uri, warehouse = ensure_warehouse(size, data_dir)
-    result, seconds = timed(extract_traces, SqlTrackingStore(uri), str(warehouse), progress=lambda _: None)
-    print(f"[{size}] warehouse up to date: {result.mode} extract, {result.changed_traces} traces changed, "
-          f"{seconds:.1f} s", flush=True)
-    return uri, warehouse
-
-
 def run(size: int, data_dir: Path, repeats: int) -> dict:
     import duckdb
     import mlflow
@@ -119,7 +107,7 @@ def run(size: int, data_dir: Path, repeats: int) -> dict:
 
     from assets.insights.trace_metrics import WarehouseTraceStore
 
-    uri, warehouse = up_to_date_warehouse(size, data_dir)
+    uri, warehouse = ensure_warehouse(size, data_dir)
     load_before = os.getloadavg()  # the machine is shared: how busy it was, for reading the numbers
     with duckdb.connect(str(warehouse), read_only=True) as con:
         experiment_id, traces, low, high = con.execute(
