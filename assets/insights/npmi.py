@@ -42,14 +42,17 @@ class NpmiResult(BaseModel):
 
 
 def count(conn: sa.Connection, query: InsightsQuery, first: Dimension, second: Dimension) -> Counts:
-    in_first, in_second = TRACES.c.trace_id.in_(trace_ids(first)), TRACES.c.trace_id.in_(trace_ids(second))
+    # Each trace's two memberships once, as columns: used twice in the counts below, an IN would be evaluated (its
+    # subquery scanned and joined) once per use.
+    flags = sa.select(TRACES.c.trace_id.in_(trace_ids(first)).label("first"),
+                      TRACES.c.trace_id.in_(trace_ids(second)).label("second")).where(*population(query)).subquery()
     row = conn.execute(
         sa.select(
             sa.func.count(),
-            sa.func.count().filter(in_first),
-            sa.func.count().filter(in_second),
-            sa.func.count().filter(sa.and_(in_first, in_second)),
-        ).where(*population(query))
+            sa.func.count().filter(flags.c.first),
+            sa.func.count().filter(flags.c.second),
+            sa.func.count().filter(sa.and_(flags.c.first, flags.c.second)),
+        )
     ).one()
     return Counts(*row)
 

@@ -336,11 +336,13 @@ def calculate_trace_filter_correlation(
 
     first, second = matching(filter_string1), matching(filter_string2)
     universe = trace_filter(base_filter, experiment_ids=scope) if base_filter else sa.true()
+    # Each trace's two matches once, as columns: used twice in the counts, a filter's subqueries would run twice.
+    matches = (sa.select(first.label("first"), second.label("second")).select_from(TRACES)
+               .where(TRACES.c.experiment_id.in_(scope), universe).subquery())
     count = sa.func.count
     total, count1, count2, joint = conn.execute(
-        sa.select(count(), count().filter(first), count().filter(second), count().filter(sa.and_(first, second)))
-        .select_from(TRACES)
-        .where(TRACES.c.experiment_id.in_(scope), universe)
+        sa.select(count(), count().filter(matches.c.first), count().filter(matches.c.second),
+                  count().filter(sa.and_(matches.c.first, matches.c.second)))
     ).one()
     npmi = calculate_npmi_from_counts(joint, count1, count2, total)
     return TraceFilterCorrelationResult(npmi=npmi.npmi, npmi_smoothed=npmi.npmi_smoothed, filter1_count=count1,
