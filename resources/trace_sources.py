@@ -137,7 +137,7 @@ def mlflow_revisions() -> dict[str, tuple[str, ...]]:
 
 
 def _supported_revisions(revisions: dict[str, tuple[str, ...]]) -> set[str]:
-    """The head and every revision back to FIRST_SUPPORTED_REVISION (the revisions later than it, and it)."""
+    """FIRST_SUPPORTED_REVISION and every revision that follows it, up to the head."""
     followers: dict[str, list[str]] = {}
     for revision, downs in revisions.items():
         for down in downs:

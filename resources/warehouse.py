@@ -468,7 +468,8 @@ def attached_engine(path: str, lock_timeout_s: float = 30.0) -> sa.Engine:
             retry_while_locked(lambda: con.execute(f"ATTACH {quoted} AS warehouse (READ_ONLY)"), lock_timeout_s,
                                path=path)
             con.execute("USE warehouse")
-            stamp = (os.stat(path).st_mtime_ns, os.stat(path).st_size)
+            found = os.stat(path)
+            stamp = (found.st_mtime_ns, found.st_size)
             if current.get("stamp") != stamp:  # checked once per version of the file, not per request
                 try:
                     check_current(con, path)

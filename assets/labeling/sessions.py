@@ -14,7 +14,6 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
-
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -101,9 +100,9 @@ def add_to_sessions(backend: LabelingBackend, rules: RulesFile, rows: list[Feedb
                     now: datetime | None = None) -> list[SessionChange]:
     """Add each matching trace of `rows` to its rule's open session, unless one of the rule's sessions has it;
     controls are drawn from feedback last updated by `controls_until_ms`."""
-    now = now or datetime.now(timezone.utc)
     from mlflow import MlflowClient
 
+    now = now or datetime.now(timezone.utc)
     client, changes = MlflowClient(tracking_uri), []
     for rule in rules.rules:
         by_experiment: dict[str, list[str]] = defaultdict(list)
