@@ -53,7 +53,7 @@ from assets.insights.report import REPORT_FILE
 from assets.labeling.feedback import FeedbackError, FeedbackLinker, FeedbackRequest, FeedbackResponse
 from assets.yaml_files import InvalidFilesError
 from resources.settings import LLMOPS_API_TOKEN, LLMOPS_API_TOKENS
-from resources.warehouse import WarehouseOutdated, attached_engine
+from resources.warehouse import WarehouseOutdated, attached_engine, check_current
 
 PREFIX = "/api/3.0/mlflow/traces/insights"
 MLFLOW_PREFIX = "/api/3.0/mlflow/traces"  # MLflow's own trace-analytics routes
@@ -284,7 +284,15 @@ def create_app(warehouse_path: str, tracking_uri: str | None = None, *, token: s
             raise ApiError("TEMPORARILY_UNAVAILABLE",
                            "The warehouse has not been built yet: run `llmops extract` (or the warehouse_refresh job).")
         with engine.connect() as conn:
-            yield conn
+            try:
+                yield conn
+            except sa.exc.DBAPIError as exc:
+                # A missing table or column: a warehouse an older version wrote, not yet migrated, says so (an
+                # endpoint that reads only what it has, like the alerts list, answers as usual).
+                if isinstance(exc.orig, (duckdb.BinderException, duckdb.CatalogException)):
+                    conn.rollback()
+                    check_current(conn, warehouse_path)
+                raise
 
     @contextmanager
     def warehouse(query: InsightsQuery) -> Iterator[sa.Connection]:

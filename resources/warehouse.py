@@ -279,10 +279,13 @@ class WarehouseOutdated(RuntimeError):
     """The warehouse was written by an older version of the platform; the next write (an extract) migrates it."""
 
 
-def check_current(con: duckdb.DuckDBPyConnection, path: str) -> None:
-    """Refuse to read a warehouse whose schema is older than this platform's (its queries would fail on a
-    missing column): a read-only reader cannot migrate it, the next extract does."""
-    version = con.execute("SELECT coalesce(max(version), 0) FROM _schema_version").fetchone()[0]
+def check_current(conn: sa.Connection, path: str) -> None:
+    """Raise WarehouseOutdated when the warehouse's schema is older than this platform's: a read-only reader cannot
+    migrate it (the next extract does), and a query of a newer column fails on it."""
+    has_versions = conn.execute(sa.text(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = '_schema_version'"
+    )).scalar()
+    version = conn.execute(sa.text("SELECT coalesce(max(version), 0) FROM _schema_version")).scalar() if has_versions else 0
     if version < len(MIGRATIONS):
         raise WarehouseOutdated(
             f"The warehouse {path} has schema version {version}; this version of the platform reads version "
@@ -456,7 +459,6 @@ def attached_engine(path: str, lock_timeout_s: float = 30.0) -> sa.Engine:
 
     instance = duckdb.connect()  # in memory: holds no file
     turn = threading.Lock()
-    current: dict[str, tuple[int, int]] = {}  # "stamp": (mtime, size) of the file when its schema was found current
     quoted = "'" + path.replace("'", "''") + "'"
     engine = sa.create_engine("duckdb:///:memory:", poolclass=NullPool)
 
@@ -468,16 +470,6 @@ def attached_engine(path: str, lock_timeout_s: float = 30.0) -> sa.Engine:
             retry_while_locked(lambda: con.execute(f"ATTACH {quoted} AS warehouse (READ_ONLY)"), lock_timeout_s,
                                path=path)
             con.execute("USE warehouse")
-            found = os.stat(path)
-            stamp = (found.st_mtime_ns, found.st_size)
-            if current.get("stamp") != stamp:  # checked once per version of the file, not per request
-                try:
-                    check_current(con, path)
-                except WarehouseOutdated:
-                    con.execute("USE memory")
-                    con.execute("DETACH warehouse")
-                    raise
-                current["stamp"] = stamp
             return ConnectionWrapper(con)
         except BaseException:
             turn.release()
