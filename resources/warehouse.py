@@ -275,6 +275,14 @@ def migrate(con: duckdb.DuckDBPyConnection, catalog: str) -> None:
         con.execute("USE memory")
 
 
+def has_table(conn: sa.Connection, name: str) -> bool:
+    """Whether the warehouse has table `name` (one written by an older version may not; a read-only connection
+    cannot create it)."""
+    return bool(conn.execute(sa.text(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = :name"),
+        {"name": name}).scalar())
+
+
 class WarehouseOutdated(RuntimeError):
     """The warehouse was written by an older version of the platform; the next write (an extract) migrates it."""
 
@@ -282,10 +290,8 @@ class WarehouseOutdated(RuntimeError):
 def check_current(conn: sa.Connection, path: str) -> None:
     """Raise WarehouseOutdated when the warehouse's schema is older than this platform's: a read-only reader cannot
     migrate it (the next extract does), and a query of a newer column fails on it."""
-    has_versions = conn.execute(sa.text(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = '_schema_version'"
-    )).scalar()
-    version = conn.execute(sa.text("SELECT coalesce(max(version), 0) FROM _schema_version")).scalar() if has_versions else 0
+    version = (conn.execute(sa.text("SELECT coalesce(max(version), 0) FROM _schema_version")).scalar()
+               if has_table(conn, "_schema_version") else 0)
     if version < len(MIGRATIONS):
         raise WarehouseOutdated(
             f"The warehouse {path} has schema version {version}; this version of the platform reads version "

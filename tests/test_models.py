@@ -81,19 +81,9 @@ def new_prompt_version(project: dict) -> None:
     promote_together(project["client"], {"support_system": 2, "support_answer": 1}, {EVAL_RUN_TAG: "eval-2"})
 
 
-def _still_a_server(pid: int) -> bool:
-    """`pid` is alive (not a zombie) and still a model server: under load the system hands a stopped server's pid to
-    another process or thread within seconds, so being alive alone says nothing."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z" and b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, IndexError):
-        return False
-
-
 def test_local_deploy_replace_fail_and_roll_back_leave_no_orphans(agent_project: dict):
     client, resources = agent_project["client"], agent_project["resources"]
-    pids: list[int] = []
+    servers: list[tuple[int, int]] = []  # (pid, port) of each server a deployment started
     # A server left "pending" by a run that died while starting it: the next deployment must stop it.
     leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "serve", "-p", "45999"],
                                 start_new_session=True)
@@ -118,7 +108,7 @@ def test_local_deploy_replace_fail_and_roll_back_leave_no_orphans(agent_project:
             leftover.wait(timeout=10)  # stopped by the deployment (killpg), reaped here
             meta = first.asset_materializations_for_node("agent_deployment")[0].metadata
             url, smoke_ms = meta["endpoint"].value, meta["smoke_latency_ms"].value
-            pids.append(serving_state(agent_project)["active"]["pid"])
+            servers.append((serving_state(agent_project)["active"]["pid"], _port(url)))
             answer, _ = post_json(f"{url}/invocations", INPUT_EXAMPLE)
             assert "Source: kb-101" in answer["output"][0]["content"][0]["text"] and smoke_ms > 0
             assert answer["custom_outputs"]["prompt_versions"] == {"support_system": 1, "support_answer": 1}
@@ -133,20 +123,20 @@ def test_local_deploy_replace_fail_and_roll_back_leave_no_orphans(agent_project:
             assert nothing.success, failure(nothing)
             metadata = nothing.asset_materializations_for_node("agent_deployment")[0].metadata
             assert metadata[NOTE].value == f"Nothing to roll back: {MODEL} has no champion that replaced an earlier version"
-            assert metadata["changed"].value is False and serving_state(agent_project)["active"]["pid"] == pids[0]
+            assert metadata["changed"].value is False and serving_state(agent_project)["active"]["pid"] == servers[0][0]
             # nothing changed: nothing is restarted
             same = materialize(["agent_model", "agent_deployment"], resources, instance)
             metadata = same.asset_materializations_for_node("agent_deployment")[0].metadata
             assert metadata[NOTE].value == f"Nothing to deploy: {MODEL} version 1 (the challenger) already serves dev"
-            assert metadata["changed"].value is False and serving_state(agent_project)["active"]["pid"] == pids[0]
+            assert metadata["changed"].value is False and serving_state(agent_project)["active"]["pid"] == servers[0][0]
 
             # a new production prompt makes version 2, which replaces version 1 on a new port
             new_prompt_version(agent_project)
             second = materialize(["agent_model", "agent_deployment"], resources, instance)
             assert second.success, failure(second)
             url2 = second.asset_materializations_for_node("agent_deployment")[0].metadata["endpoint"].value
-            pids.append(serving_state(agent_project)["active"]["pid"])
-            assert url2 != url and not _is_our_server(pids[0], _port(url))
+            servers.append((serving_state(agent_project)["active"]["pid"], _port(url2)))
+            assert url2 != url and not _is_our_server(*servers[0])
             answer, _ = post_json(f"{url2}/invocations", INPUT_EXAMPLE)
             assert answer["custom_outputs"]["prompt_versions"]["support_system"] == 2
             assert client.get_model_version(MODEL, "2").tags[PREVIOUS_CHAMPION] == "1"
@@ -165,18 +155,20 @@ def test_local_deploy_replace_fail_and_roll_back_leave_no_orphans(agent_project:
             # rollback serves version 1 again and moves champion back
             rolled = materialize(["agent_deployment"], resources, instance, action="rollback")
             assert rolled.success, failure(rolled)
-            pids.append(serving_state(agent_project)["active"]["pid"])
             url3 = rolled.asset_materializations_for_node("agent_deployment")[0].metadata["endpoint"].value
             assert post_json(f"{url3}/invocations", INPUT_EXAMPLE)[0]["custom_outputs"]["prompt_versions"] == {
                 "support_system": 2, "support_answer": 1}  # version 1 of the model, today's production prompts
             assert int(alias_version(client, MODEL, CHAMPION).version) == 1
             assert ROLLED_BACK_AT in client.get_model_version(MODEL, "2").tags
-            assert not _is_our_server(pids[1], _port(url2))
+            servers.append((serving_state(agent_project)["active"]["pid"], _port(url3)))
+            assert not _is_our_server(*servers[1])
     finally:
         resources["deployment"].target(client.tracking_uri, "agent-under-test").stop()
         if leftover.poll() is None:
             os.killpg(leftover.pid, signal.SIGKILL)
-    alive = [pid for pid in pids if _still_a_server(pid)]
+    # still a model server on its port, not merely alive: under load the system hands a stopped server's pid to
+    # another process or thread within seconds
+    alive = [pid for pid, port in servers if _is_our_server(pid, port)]
     assert not alive, f"orphan servers: {alive}"
     ours = subprocess.run(["pgrep", "-f", f"models serve -m models:/{MODEL}/"], capture_output=True, text=True)
     assert not ours.stdout.strip(), f"orphan servers: {ours.stdout}"

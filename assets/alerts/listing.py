@@ -16,7 +16,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
-from assets.insights.queries import has_table
+from resources.warehouse import has_table
 
 ALERT_INCIDENTS = sa.table("alert_incidents", *(sa.column(name) for name in (
     "incident_id", "rule", "metric", "scope", "experiment_id", "scope_name", "opened_at_ms", "resolved_at_ms",

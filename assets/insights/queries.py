@@ -12,6 +12,8 @@ from enum import Enum
 import sqlalchemy as sa
 from pydantic import BaseModel, Field, model_validator
 
+from resources.warehouse import has_table
+
 TRACES = sa.table(
     "traces", sa.column("trace_id"), sa.column("experiment_id"), sa.column("timestamp_ms"), sa.column("execution_time_ms"),
     sa.column("status"), sa.column("input_tokens"), sa.column("output_tokens"), sa.column("total_tokens"),
@@ -43,14 +45,6 @@ ASSESSMENTS = sa.table(
 # MLflow's metrics skip it, and so does every insight here; it never decides a name's type).
 VALID_FEEDBACK = sa.and_(ASSESSMENTS.c.assessment_type == "feedback", ASSESSMENTS.c.valid,
                          ASSESSMENTS.c.value_type.is_not(None))
-
-
-def has_table(conn: sa.Connection, name: str) -> bool:
-    """Whether the warehouse has table `name` (one written by an older version may not; a read-only connection
-    cannot create it)."""
-    return bool(conn.execute(sa.text(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = :name"),
-        {"name": name}).scalar())
 
 
 def known_experiments(conn: sa.Connection, experiment_ids: list[str]) -> set[str]:
