@@ -10,7 +10,7 @@ import dagster as dg
 
 from assets.alerts.assets import ALERT_ASSETS, ALERT_CHECKS
 from assets.evals.assets import prompt_evals
-from assets.insights.assets import insights_report, insights_rollups, root_causes
+from assets.insights.assets import dimension_facts, insights_report, insights_rollups, root_causes
 from assets.labeling.assets import labeling_progress, labeling_sessions
 from assets.models.assets import agent_deployment, agent_model
 from assets.prompts.assets import prompt_production, prompt_registry
@@ -24,7 +24,7 @@ from resources.settings import apply_defaults
 from resources.user_files import UserFilesResource
 from resources.warehouse import WarehouseResource
 
-ASSETS = [trace_warehouse, insights_rollups, root_causes, insights_report, prompt_registry, prompt_evals,
+ASSETS = [trace_warehouse, dimension_facts, insights_rollups, root_causes, insights_report, prompt_registry, prompt_evals,
           prompt_production, agent_model, agent_deployment, labeling_sessions, labeling_progress, *ALERT_ASSETS]
 
 

@@ -18,7 +18,7 @@ warehouse_refresh_job = dg.define_asset_job(
     selection=REFRESHED,
     tags=RETRIED,
     description="Copy new and changed MLflow traces into the DuckDB warehouse, then refresh the insights "
-    "(rollups, root causes, report) and judge the alert rules.",
+    "(dimension facts, rollups, root causes, report) and judge the alert rules.",
 )
 full_refresh_job = dg.define_asset_job(
     "full_refresh",

@@ -142,6 +142,11 @@ UNDO_MIGRATION = {
         *(f"ALTER TABLE assessments DROP COLUMN {c}" for c in ("metadata_json", "aggregate_value", "is_numeric_value"))],
     9: ["DROP TABLE alert_incidents", "DROP TABLE alert_notifications", "DROP TABLE endpoint_checks"],
     10: ["ALTER TABLE trace_metadata DROP COLUMN experiment_id", "ALTER TABLE trace_metadata DROP COLUMN trace_timestamp_ms"],
+    11: [*(f"ALTER TABLE {table} DROP COLUMN trace_key"
+           for table in ("traces", "spans", "trace_tags", "trace_metadata", "assessments")),
+         "ALTER TABLE traces DROP COLUMN evaluation", "ALTER TABLE _extract_runs DROP COLUMN last_trace_key",
+         *(f"DROP TABLE {table}" for table in ("dimension_values", "trace_dimension_values", "dimension_value_hours",
+                                                "_dimension_facts_state"))],
 }
 
 

@@ -19,6 +19,7 @@ from assets.insights.rollups import write_root_causes
 from orchestration.api import create_app
 from resources.warehouse import MIGRATIONS, WarehouseResource, sqlalchemy_engine
 from tests.conftest import LLMOPS, PROJECT_DIR, llmops_env
+from tests.oracle import UNDO_MIGRATION
 
 TOKEN = "alerts-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -77,10 +78,12 @@ def alerts_warehouse(tmp_path_factory) -> str:
 
 
 def _pre_migration_9(path: Path) -> str:
-    """A warehouse whose schema stops at migration 8: no alert tables."""
+    """A warehouse without the alert tables (migration 9), as one written before them had."""
     con = duckdb.connect(str(path))
-    for ddl in MIGRATIONS[:8]:
+    for ddl in MIGRATIONS:
         con.execute(ddl)
+    for undo in UNDO_MIGRATION[9]:
+        con.execute(undo)
     con.close()
     with sqlalchemy_engine(str(path), read_only=False).begin() as conn:
         write_root_causes(conn, OutcomeRules(min_support=1))

@@ -34,8 +34,8 @@ def test_extract_prints_a_line_per_step_and_the_counts_then_verbose_shows_dagste
     assert not ANSI_ESCAPE.search(output) and "DEBUG" not in output and "Type check" not in output, output
     steps = [line.split()[1] for line in lines if line.startswith("  ok ")]
     assert steps[0] == "trace_warehouse" and steps[-1] == "insights_report"  # the report shows the incidents
-    assert sorted(steps[1:-1]) == ["alert_incidents", "alert_incidents_no_open_incidents", "insights_rollups",
-                                   "root_causes"]
+    assert sorted(steps[1:-1]) == ["alert_incidents", "alert_incidents_no_open_incidents", "dimension_facts",
+                                   "insights_rollups", "root_causes"]
     assert "alerts: 0 of 3 rule checks firing; incidents: 0 opened, 0 resolved, 0 open; notifications: 0 sent" in output
     warehouse = tmp_path / "home" / "warehouse.duckdb"
     assert f"traces: {len(seeded_store.trace_ids)} new or changed, 0 deleted (full); " \

@@ -41,17 +41,23 @@ def assert_matches_mlflow(store: Store, warehouse_path: str, experiment_ids: lis
 
 
 def assert_child_rows_carry_their_trace(warehouse_path: str) -> None:
-    """Spans, tags, metadata and assessments hold their trace's time (and tags and metadata its experiment), row
-    for row."""
+    """Spans, tags, metadata and assessments hold their trace's time and key (and tags and metadata its
+    experiment), row for row; every trace has its own key and says whether an evaluation made it."""
     experiment = " OR c.experiment_id IS DISTINCT FROM t.experiment_id"
     with duckdb.connect(warehouse_path, read_only=True) as con:
         for table, extra in (("spans", ""), ("trace_tags", experiment), ("trace_metadata", experiment),
                              ("assessments", "")):
             total, wrong = con.execute(
-                f"SELECT count(*), count(*) FILTER (c.trace_timestamp_ms IS DISTINCT FROM t.timestamp_ms{extra}) "
-                f"FROM {table} c JOIN traces t USING (trace_id)"
+                f"SELECT count(*), count(*) FILTER (c.trace_timestamp_ms IS DISTINCT FROM t.timestamp_ms "
+                f"OR c.trace_key IS DISTINCT FROM t.trace_key{extra}) FROM {table} c JOIN traces t USING (trace_id)"
             ).fetchone()
             assert total > 0 and wrong == 0, (table, total, wrong)
+        traces, keys, evaluations = con.execute(
+            "SELECT count(*), count(DISTINCT trace_key), count(evaluation) FROM traces").fetchone()
+        assert traces == keys == evaluations
+        assert con.execute("""
+            SELECT count(*) FROM traces WHERE evaluation
+            <> (trace_id IN (SELECT trace_id FROM trace_metadata WHERE key = 'mlflow.sourceRun'))""").fetchone()[0] == 0
 
 
 def test_migration_2_backfills_trace_time_on_an_existing_warehouse(seeded_store: Store, warehouse_path: str):
@@ -68,6 +74,26 @@ def test_migration_10_backfills_the_trace_of_metadata_rows(seeded_store: Store, 
     downgrade(warehouse_path, 9)  # as written before metadata rows carried their trace's experiment and time
     assert extract_traces(SqlTrackingStore(seeded_store.uri), warehouse_path).mode == "unchanged"
     assert_child_rows_carry_their_trace(warehouse_path)
+
+
+def test_migration_11_numbers_the_traces_in_time_order_and_new_ones_after_them(store: Store, warehouse_path: str):
+    source = SqlTrackingStore(store.uri)
+    extract_traces(source, warehouse_path)
+    downgrade(warehouse_path, 10)  # as written before traces had keys
+    assert extract_traces(source, warehouse_path).mode == "unchanged"  # the migration numbered them, nothing copied
+    assert_child_rows_carry_their_trace(warehouse_path)
+    with duckdb.connect(warehouse_path, read_only=True) as con:
+        ordered = con.execute("SELECT trace_key FROM traces ORDER BY timestamp_ms, trace_id").fetchall()
+        assert [key for (key,) in ordered] == list(range(1, len(ordered) + 1))
+        last = con.execute("SELECT trace_id FROM traces ORDER BY trace_key DESC LIMIT 1").fetchone()[0]
+    # the trace holding the highest key is deleted, another one changes: no key is given twice
+    TracingClient(store.uri).delete_traces(experiment_id=store.experiment_id, trace_ids=[last])
+    mlflow.set_trace_tag(store.trace_ids[0], "late", "tag")
+    assert extract_traces(source, warehouse_path).changed_traces == 1
+    assert_matches_mlflow(store, warehouse_path)
+    with duckdb.connect(warehouse_path, read_only=True) as con:
+        assert con.execute("SELECT trace_key FROM traces WHERE trace_id = ?", [store.trace_ids[0]]).fetchone()[0] \
+            == len(ordered) + 1
 
 
 def test_full_extract_equals_mlflow(seeded_store: Store, warehouse_path: str):

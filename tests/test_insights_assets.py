@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from mlflow.entities import AssessmentSource, AssessmentSourceType
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-from assets.insights.assets import insights_report, insights_rollups, root_causes
+from assets.insights.assets import dimension_facts, insights_report, insights_rollups, root_causes
 from assets.insights.breakdowns import tools_discovery
 from assets.insights.npmi import Dimension, calculate_npmi
 from assets.insights.registry import mlflow_filter_string, phrase
@@ -35,7 +35,8 @@ def materialized(seeded_store: Store, tmp_path_factory) -> tuple[str, Path, dg.E
     resources = {"mlflow": MlflowResource(tracking_uri=seeded_store.uri), "warehouse": WarehouseResource(path=path)}
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            [trace_warehouse, insights_rollups, root_causes, insights_report], resources=resources, instance=instance,
+            [trace_warehouse, dimension_facts, insights_rollups, root_causes, insights_report], resources=resources,
+            instance=instance,
             run_config={"ops": {"root_causes": {"config": {"outcomes_file": str(outcomes_file)}},
                                 "insights_report": {"config": {"reports_dir": str(folder / "reports")}}}},
         )

@@ -24,7 +24,7 @@ from assets.insights.dimensions import (
 )
 from assets.insights.npmi import Dimension, DimensionError, calculate_npmi
 from assets.insights.queries import TRACES, InsightsQuery
-from assets.insights.registry import KINDS, DimensionInfo, kind_of, mlflow_filter_string, population, trace_ids
+from assets.insights.registry import KINDS, DimensionInfo, kind_of, mlflow_filter_string, population, trace_keys
 from assets.traces.extract import extract_traces
 from resources.trace_sources import SqlTrackingStore
 from tests.conftest import HOSTILE_TAGS, Store
@@ -209,7 +209,7 @@ def test_mlflow_filter_strings(dimension, expected):
 ])
 def test_bad_dimensions_of_the_new_kinds_name_the_problem(dimension, message):
     with pytest.raises(DimensionError, match=message):
-        trace_ids(dimension)
+        trace_keys(dimension)
 
 
 class QuotaExceeded_(Exception):  # noqa: N801 - an exception type whose name MLflow's LIKE cannot match exactly
@@ -265,7 +265,7 @@ def varied(empty_store_file: Path, tmp_path_factory) -> tuple[Store, sa.Engine, 
 
 def _selected(conn: sa.Connection, query: InsightsQuery, dimension: Dimension) -> set[str]:
     return set(conn.execute(sa.select(TRACES.c.trace_id).where(*population(query),
-                                                               TRACES.c.trace_id.in_(trace_ids(dimension)))).scalars())
+                                                               TRACES.c.trace_key.in_(trace_keys(dimension)))).scalars())
 
 
 def _searched(mlflow_store: SqlAlchemyStore, experiment_id: str, filter_string: str) -> set[str]:

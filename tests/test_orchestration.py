@@ -32,7 +32,7 @@ def test_definitions_load_with_every_asset_in_its_group():
     graph = defs.resolve_asset_graph()
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups == {**dict.fromkeys(CONTRACT_TABLES, "traces"),
-                      **dict.fromkeys(["insights_rollups", "root_causes", "insights_report"], "insights"),
+                      **dict.fromkeys(["dimension_facts", "insights_rollups", "root_causes", "insights_report"], "insights"),
                       "prompt_registry": "prompts", "prompt_production": "prompts", "prompt_evals": "evals",
                       "agent_model": "models", "agent_deployment": "models",
                       "labeling_sessions": "labeling", "labeling_progress": "labeling",

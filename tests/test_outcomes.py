@@ -20,7 +20,7 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from assets.insights.dimensions import CorrelationsRequest, correlations
 from assets.insights.outcomes import OutcomeRules, OutcomesFileError, load_outcomes, outcomes, outcomes_path
 from assets.insights.queries import TRACES
-from assets.insights.registry import Dimension, Population, mlflow_filter_string, phrase, population, trace_ids
+from assets.insights.registry import Dimension, Population, mlflow_filter_string, phrase, population, trace_keys
 from assets.insights.rollups import write_rollups, write_root_causes
 from assets.traces.extract import extract_traces
 from resources import settings
@@ -165,7 +165,7 @@ def _outcomes(built: Built, rules: OutcomeRules) -> dict[str, dict]:
 def _selected(conn: sa.Connection, experiment_id: str, dimension: Dimension, include_evaluations: bool = False) -> set:
     query = Population(experiment_ids=[experiment_id], include_evaluations=include_evaluations)
     return set(conn.execute(sa.select(TRACES.c.trace_id).where(
-        *population(query), TRACES.c.trace_id.in_(trace_ids(dimension)))).scalars())
+        *population(query), TRACES.c.trace_key.in_(trace_keys(dimension)))).scalars())
 
 
 def _production(filter_string: str) -> str:

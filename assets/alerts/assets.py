@@ -11,7 +11,7 @@ from assets.alerts.evaluation import FIRING
 from assets.alerts.incidents import AlertRun, evaluate_and_notify, links, now_ms, open_incidents
 from assets.alerts.metrics import ENDPOINT_CHECKS
 from assets.alerts.rules import AlertRulesFileError, RulesFile, load_rules, rules_path
-from assets.insights.assets import WAREHOUSE_TABLES
+from assets.insights.assets import WAREHOUSE_TABLES, dimension_facts
 from assets.traces.quality import markdown_table
 from assets.vocabulary import NOTE
 from resources import settings
@@ -67,8 +67,9 @@ def _result(context: dg.AssetExecutionContext, rules: RulesFile, run: AlertRun,
 
 
 @dg.asset(
-    group_name="alerts", owners=["team:llmops-platform"], deps=WAREHOUSE_TABLES, pool="duckdb_write",
-    kinds={"duckdb"}, automation_condition=dg.AutomationCondition.eager(),
+    # after the dimension facts: an incident's root causes count them
+    group_name="alerts", owners=["team:llmops-platform"], deps=[*WAREHOUSE_TABLES, dimension_facts],
+    pool="duckdb_write", kinds={"duckdb"}, automation_condition=dg.AutomationCondition.eager(),
     description="The alert rules (alerts/rules.yaml) judged over the production traces after each refresh: each "
     "rule's value, threshold and state per experiment; incidents opened and resolved (table alert_incidents, "
     "with the top root causes in the window) and one notification per channel at each.",

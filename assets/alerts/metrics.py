@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 import sqlalchemy as sa
 
 from assets.insights.queries import ASSESSMENTS, TRACES
-from assets.insights.registry import EVALUATION_TRACES, AssessmentKind, Dimension, trace_ids
+from assets.insights.registry import AssessmentKind, Dimension, production, trace_keys
 
 if TYPE_CHECKING:
     from assets.alerts.rules import AlertRule
@@ -83,7 +83,7 @@ METRICS: dict[str, AlertMetric] = {metric.name: metric for metric in (
                 shown=lambda v: f"{v:,.0f} tokens"),
     AlertMetric(name="feedback_rate", description="Of the window's traces with feedback `feedback`, the share "
                 "whose value is `value` (e.g. user_thumbs = false).", source="traces",
-                aggregate=lambda rule: _share(TRACES.c.trace_id.in_(trace_ids(_feedback_outcome(rule)))),
+                aggregate=lambda rule: _share(TRACES.c.trace_key.in_(trace_keys(_feedback_outcome(rule)))),
                 min_count=5, shown=_percent, outcome=lambda rule, _threshold: _feedback_outcome(rule),
                 needs_feedback=True),
     AlertMetric(name="endpoint_failure_rate", description="The share of the window's health checks that found "
@@ -105,7 +105,7 @@ def measure(conn: sa.Connection, rule: AlertRule, scope: str, ranges: Ranges) ->
         table = ENDPOINT_CHECKS
     else:
         where = [TRACES.c.experiment_id == scope, _in_ranges(TRACES.c.timestamp_ms, ranges),
-                 TRACES.c.trace_id.not_in(EVALUATION_TRACES)]
+                 production()]
         if metric.needs_feedback:
             where.append(TRACES.c.trace_id.in_(_feedback_traces(rule)))
         table = TRACES
@@ -117,6 +117,6 @@ def measure(conn: sa.Connection, rule: AlertRule, scope: str, ranges: Ranges) ->
 def production_experiments(conn: sa.Connection) -> list[str]:
     """The experiments with production traces (not only mlflow.genai.evaluate's), in id order."""
     return list(conn.execute(sa.select(TRACES.c.experiment_id).distinct()
-                             .where(TRACES.c.trace_id.not_in(EVALUATION_TRACES))
+                             .where(production())
                              .order_by(TRACES.c.experiment_id)).scalars())
 

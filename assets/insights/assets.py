@@ -7,6 +7,7 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
 
+from assets.insights.facts import refresh_facts
 from assets.insights.outcomes import load_outcomes, outcomes_path
 from assets.insights.rollups import write_rollups, write_root_causes
 from assets.traces.quality import markdown_table
@@ -52,6 +53,27 @@ def insights_rollups(context: dg.AssetExecutionContext, warehouse: WarehouseReso
 
 @dg.asset(
     **COMMON, deps=WAREHOUSE_TABLES, pool="duckdb_write", kinds={"duckdb"},
+    description="Every trace's values of the dimensions that do not depend on what is counted (span types and "
+    "names, models, error types, tools, tags, metadata, status, name, user), numbered once (dimension_values), a "
+    "row per trace and value (trace_dimension_values) and counted per hour (dimension_value_hours), so that "
+    "correlations, root causes and discovery count them instead of reading spans, tags and metadata. Kept "
+    "incrementally: only the traces the last extract wrote are read.",
+)
+def dimension_facts(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    with warehouse.engine(read_only=False).begin() as conn:
+        refreshed = refresh_facts(conn)
+    context.log.info(f"Dimension facts: {refreshed}")
+    return dg.MaterializeResult(metadata={
+        "traces_added": dg.MetadataValue.int(refreshed.traces_added),
+        "facts_added": dg.MetadataValue.int(refreshed.facts_added),
+        "facts_deleted": dg.MetadataValue.int(refreshed.facts_deleted),
+        "facts": dg.MetadataValue.int(refreshed.facts),
+        "values": dg.MetadataValue.int(refreshed.values),
+    })
+
+
+@dg.asset(
+    **COMMON, deps=[*WAREHOUSE_TABLES, dimension_facts], pool="duckdb_write", kinds={"duckdb"},
     description="What goes with bad outcomes: for each outcome the outcomes file declares (ERROR traces, "
     "thumbs-down, low scores), every dimension value that goes with it more than chance, ranked by NPMI with support "
     "counts and named in plain words (table root_causes). Production traces only, unless configured.",

@@ -19,7 +19,7 @@ from assets.insights.registry import Dimension as Dimension
 from assets.insights.registry import DimensionError as DimensionError
 from assets.insights.registry import mlflow_filter_string as mlflow_filter_string
 from assets.insights.registry import mlflow_literal as mlflow_literal
-from assets.insights.registry import population, trace_ids
+from assets.insights.registry import population, trace_keys
 
 SMOOTHING = 0.5  # Jeffreys prior, as MLflow
 
@@ -44,8 +44,8 @@ class NpmiResult(BaseModel):
 def count(conn: sa.Connection, query: InsightsQuery, first: Dimension, second: Dimension) -> Counts:
     # Each trace's two memberships once, as columns: used twice in the counts below, an IN would be evaluated (its
     # subquery scanned and joined) once per use.
-    flags = sa.select(TRACES.c.trace_id.in_(trace_ids(first)).label("first"),
-                      TRACES.c.trace_id.in_(trace_ids(second)).label("second")).where(*population(query)).subquery()
+    flags = sa.select(TRACES.c.trace_key.in_(trace_keys(first)).label("first"),
+                      TRACES.c.trace_key.in_(trace_keys(second)).label("second")).where(*population(query)).subquery()
     row = conn.execute(
         sa.select(
             sa.func.count(),

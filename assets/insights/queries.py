@@ -18,27 +18,31 @@ TRACES = sa.table(
     "traces", sa.column("trace_id"), sa.column("experiment_id"), sa.column("timestamp_ms"), sa.column("execution_time_ms"),
     sa.column("status"), sa.column("input_tokens"), sa.column("output_tokens"), sa.column("total_tokens"),
     sa.column("total_cost"), sa.column("client_request_id"), sa.column("trace_name"), sa.column("session_id"),
-    sa.column("user_id"),
+    sa.column("user_id"), sa.column("trace_key"), sa.column("evaluation"),
 )
 # Spans, tags, metadata and assessments carry their trace's experiment and time (`trace_timestamp_ms`), so each is
 # filtered and bucketed on its own, without a join.
 SPANS = sa.table(
     "spans", sa.column("trace_id"), sa.column("experiment_id"), sa.column("trace_timestamp_ms"), sa.column("span_id"),
     sa.column("name"), sa.column("span_type"), sa.column("status"), sa.column("duration_ms"), sa.column("parent_span_id"),
-    sa.column("model_name"), sa.column("exception_type"),
+    sa.column("model_name"), sa.column("exception_type"), sa.column("trace_key"),
 )
 TAGS = sa.table(
     "trace_tags", sa.column("trace_id"), sa.column("experiment_id"), sa.column("trace_timestamp_ms"),
-    sa.column("key"), sa.column("value"),
+    sa.column("key"), sa.column("value"), sa.column("trace_key"),
 )
 METADATA = sa.table("trace_metadata", sa.column("trace_id"), sa.column("experiment_id"), sa.column("trace_timestamp_ms"),
-                    sa.column("key"), sa.column("value"))
+                    sa.column("key"), sa.column("value"), sa.column("trace_key"))
+# The dimension facts (assets/insights/facts.py): each value numbered once, a row per trace and value.
+DIMENSION_VALUES = sa.table("dimension_values", sa.column("value_id"), sa.column("name"), sa.column("value"),
+                            sa.column("offered"))
+TRACE_DIMENSION_VALUES = sa.table("trace_dimension_values", sa.column("trace_key"), sa.column("value_id"))
 EXPERIMENTS = sa.table("experiments", sa.column("experiment_id"), sa.column("name"), sa.column("lifecycle_stage"))
 ASSESSMENTS = sa.table(
     "assessments", sa.column("assessment_id"), sa.column("trace_id"), sa.column("experiment_id"),
     sa.column("trace_timestamp_ms"), sa.column("name"), sa.column("assessment_type"), sa.column("valid"),
     sa.column("value_type"), sa.column("value_json"), sa.column("bool_value"), sa.column("numeric_value"),
-    sa.column("string_value"), sa.column("source_type"), sa.column("metadata_json"),
+    sa.column("string_value"), sa.column("source_type"), sa.column("metadata_json"), sa.column("trace_key"),
 )
 # Feedback that counts: assessments of type feedback that no later assessment overrode (as MLflow's metrics).
 # Feedback that counts: not overridden, and with a value (a failed judge run logs JSON null with its error:

@@ -26,6 +26,7 @@ from pydantic_core import PydanticCustomError
 from assets.insights.breakdowns import TEXT_VALUE, TOOL_SPAN, USER_TAG, assessments_discovery
 from assets.insights.queries import (
     ASSESSMENTS,
+    DIMENSION_VALUES,
     METADATA,
     SPANS,
     TAGS,
@@ -121,9 +122,15 @@ class Population(InsightsQuery):
         "only production traces count.")
 
 
-# MLflow marks a trace made inside a run with that run (metadata `mlflow.sourceRun`): every trace of
-# mlflow.genai.evaluate has it, and MLflow's own online scoring leaves such traces out the same way.
-EVALUATION_TRACES = sa.select(METADATA.c.trace_id).where(METADATA.c.key == "mlflow.sourceRun")
+# MLflow marks a trace made inside a run with that run (metadata `mlflow.sourceRun`, the extract's
+# `traces.evaluation`): every trace of mlflow.genai.evaluate has it, and MLflow's own online scoring leaves such
+# traces out the same way.
+EVALUATION_TRACES = sa.select(TRACES.c.trace_key).where(TRACES.c.evaluation)
+
+
+def production(table: sa.TableClause = TRACES) -> sa.ColumnElement[bool]:
+    """The rows of `table` whose trace is a production trace (not an evaluation's)."""
+    return sa.not_(TRACES.c.evaluation) if table is TRACES else table.c.trace_key.not_in(EVALUATION_TRACES)
 
 
 def population(query: InsightsQuery, table: sa.TableClause = TRACES) -> list[sa.ColumnElement[bool]]:
@@ -131,7 +138,7 @@ def population(query: InsightsQuery, table: sa.TableClause = TRACES) -> list[sa.
     unless the query includes evaluations."""
     conditions = population_filter(query, table)
     if not (isinstance(query, Population) and query.include_evaluations):
-        conditions.append(table.c.trace_id.not_in(EVALUATION_TRACES))
+        conditions.append(production(table))
     return conditions
 
 
@@ -155,13 +162,32 @@ class DimensionInfo(BaseModel):
                                       "dimension (null: everything can be opened in MLflow).")
 
 
+# The extra conditions on a kind's table (population, or the traces to read) for `Kind.stored_rows`.
+Restriction = Callable[[sa.TableClause], list[sa.ColumnElement[bool]]]
+
+
 @dataclass(frozen=True)
 class Facts:
-    """Candidate dimension values: `rows` (trace_id, name, value), one per trace of the population having the
+    """Candidate dimension values: `rows` (trace_key, name, value), one per trace of the population having the
     value, and how a row's name and value become its dimension's parameters."""
 
     rows: sa.Select
     parameters: Callable[[str, str], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class TraceCondition:
+    """One candidate dimension value that a condition on the trace's own row (`traces`) decides: counted in the
+    same scan of the traces that finds the targets, with no rows to join."""
+
+    name: str
+    value: str
+    condition: sa.ColumnElement[bool]
+    parameters: dict[str, Any]
+
+
+Candidates = Facts | TraceCondition
+Present = dict[str, list[str]]  # a stored dimension's name → its values some trace of a population has, sorted
 
 
 def _value_parameters(values: list[str] | None, description: str) -> list[DimensionParameter]:
@@ -200,15 +226,6 @@ def _value_lists(conn: sa.Connection, query: InsightsQuery, table: sa.TableClaus
             for k, values in sorted(found.items(), key=lambda item: item[0] or "")}
 
 
-def _rows(query: InsightsQuery, table: sa.TableClause, name: sa.ColumnElement, value: sa.ColumnElement,
-          *where: sa.ColumnElement[bool]) -> sa.Select:
-    # Evaluation traces are left out by the caller's join with the counted traces, not here.
-    rows = (sa.select(table.c.trace_id.label("trace_id"), name.label("name"), value.label("value"))
-            .where(*population_filter(query, table), *where))
-    # A trace has one row in `traces`; in a child table many rows of a trace may hold the same value.
-    return rows if table is TRACES else rows.distinct()
-
-
 def _quantile(conn: sa.Connection, query: InsightsQuery, fraction: float, column: sa.ColumnElement,
               *where: sa.ColumnElement[bool]) -> float | None:
     found = conn.execute(sa.select(sa.func.percentile_cont(fraction).within_group(column))
@@ -229,8 +246,9 @@ class Kind:
     family: bool = False
     mlflow_limits: str | None = None  # what MLflow's search filter cannot express, if anything
 
-    def trace_ids(self, dimension: Dimension, key: str | None) -> sa.Select | sa.CompoundSelect:
-        """The trace ids the dimension selects (over all traces; the caller applies the population)."""
+    def trace_keys(self, dimension: Dimension, key: str | None) -> sa.Select | sa.CompoundSelect:
+        """The keys (traces.trace_key) of the traces the dimension selects (over all traces; the caller applies the
+        population)."""
         raise NotImplementedError
 
     def mlflow_filter(self, dimension: Dimension, key: str | None) -> str | None:
@@ -245,11 +263,28 @@ class Kind:
         """The dimension in plain words: 'tool web.fetch failed'."""
         raise NotImplementedError
 
-    def discover(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[DimensionInfo]:
+    def discover(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension],
+                 present: Present | None = None) -> list[DimensionInfo]:
+        """The dimensions of this kind the population's data has; `present`: the stored kinds' values the
+        population has, from the dimension facts (None: read the tables)."""
         raise NotImplementedError
 
-    def candidates(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Facts]:
-        raise NotImplementedError
+    def stored_rows(self, where: Restriction = lambda table: [], offered_only: bool = False,
+                    distinct: bool = True) -> sa.Select | None:
+        """(trace_key, name, value) of every value of this kind each trace has whatever population it is counted
+        in, of the rows `where` gives for the kind's table (`offered_only`: the values offered as candidates only;
+        not `distinct`: a trace's value may repeat). The dimension facts keep them (assets/insights/facts.py). None
+        for a kind whose values depend on the population (quantile thresholds, sessions, feedback)."""
+        return None
+
+    def offered(self) -> sa.ColumnElement[bool] | None:
+        """Which of the stored values (DIMENSION_VALUES.c.value) are offered as candidates, decided over every
+        trace; None: all of them."""
+        return None
+
+    def candidates(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Candidates]:
+        """The population's candidate values of a kind that stores none (see `stored_rows`)."""
+        return []
 
     def info(self, key: str | None, parameters: list[DimensionParameter]) -> DimensionInfo:
         return DimensionInfo(
@@ -266,15 +301,17 @@ class ValueKind(Kind):
     key_column: sa.ColumnElement | None = None
     where: tuple[sa.ColumnElement[bool], ...] = ()  # the rows that count, e.g. failed spans
     listed: tuple[sa.ColumnElement[bool], ...] = ()  # which rows discovery and candidates list (not the selector)
+    # Which values they list, decided over every trace's rows: stored facts hold all values, this picks per request.
+    listed_values: sa.Select | None = None
     phrasing: str  # "tag {key} is {value}"
     mlflow: Callable[[str | None, str], str | None] | None = None  # (key, value) -> filter
 
     def _matching(self, key: str | None) -> list[sa.ColumnElement[bool]]:
         return [*self.where, *([self.key_column == key] if self.family else [])]
 
-    def trace_ids(self, dimension: Dimension, key: str | None) -> sa.Select:
+    def trace_keys(self, dimension: Dimension, key: str | None) -> sa.Select:
         value = value_text(_param(dimension, "value"))
-        return sa.select(self.column.table.c.trace_id).where(*self._matching(key), self.column == value)
+        return sa.select(self.column.table.c.trace_key).where(*self._matching(key), self.column == value)
 
     def mlflow_filter(self, dimension: Dimension, key: str | None) -> str | None:
         return self.mlflow(key, value_text(_param(dimension, "value"))) if self.mlflow else None
@@ -282,15 +319,32 @@ class ValueKind(Kind):
     def phrase(self, dimension: Dimension, key: str | None) -> str:
         return self.phrasing.format(key=key, value=self.words(dimension, key))
 
-    def discover(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[DimensionInfo]:
-        listed = _value_lists(conn, query, self.column.table, self.column, self.key_column if self.family else None,
-                              *self.where, *self.listed)
+    def discover(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension],
+                 present: Present | None = None) -> list[DimensionInfo]:
+        if present is None:
+            values = () if self.listed_values is None else (self.column.in_(self.listed_values),)
+            listed = _value_lists(conn, query, self.column.table, self.column, self.key_column if self.family else None,
+                                  *self.where, *self.listed, *values)
+        else:
+            found = {name.removeprefix(f"{self.name}.") if self.family else None: values
+                     for name, values in present.items()
+                     if (name.startswith(f"{self.name}.") if self.family else name == self.name)}
+            listed = {key: found[key] if len(found[key]) <= ENUM_LIMIT else None
+                      for key in sorted(found, key=lambda key: key or "")}
         return [self.info(key, _value_parameters(values, self.display.format(key=key))) for key, values in listed.items()]
 
-    def candidates(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Facts]:
+    def stored_rows(self, where: Restriction = lambda table: [], offered_only: bool = False,
+                    distinct: bool = True) -> sa.Select:
+        table = self.column.table
         name = sa.literal(f"{self.name}.") + self.key_column if self.family else sa.literal(self.name)
-        rows = _rows(query, self.column.table, name, self.column, *self.where, *self.listed, self.column.is_not(None))
-        return [Facts(rows, lambda _name, value: {"value": value})]
+        offered = [self.column.in_(self.listed_values)] if offered_only and self.listed_values is not None else []
+        rows = (sa.select(table.c.trace_key.label("trace_key"), name.label("name"), self.column.label("value"))
+                .where(*self.where, *self.listed, self.column.is_not(None), *offered, *where(table)))
+        # A trace has one row in `traces`; in a child table many rows of a trace may hold the same value.
+        return rows.distinct() if distinct and table is not TRACES else rows
+
+    def offered(self) -> sa.ColumnElement[bool] | None:
+        return None if self.listed_values is None else DIMENSION_VALUES.c.value.in_(self.listed_values)
 
 
 def _equals(left: str) -> Callable[[str | None, str], str | None]:
@@ -327,8 +381,8 @@ class ThresholdKind(Kind):
     mlflow_column: str
     quantile: float
 
-    def trace_ids(self, dimension: Dimension, key: str | None) -> sa.Select:
-        return sa.select(self.column.table.c.trace_id).where(_compare(dimension, self.column))
+    def trace_keys(self, dimension: Dimension, key: str | None) -> sa.Select:
+        return sa.select(self.column.table.c.trace_key).where(_compare(dimension, self.column))
 
     def mlflow_filter(self, dimension: Dimension, key: str | None) -> str | None:
         return f"{self.mlflow_column} {_operator(dimension)} {threshold(dimension)!r}"
@@ -339,15 +393,15 @@ class ThresholdKind(Kind):
     def phrase(self, dimension: Dimension, key: str | None) -> str:
         return f"{self.name} {_threshold_words(dimension)} {self.unit}"
 
-    def discover(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[DimensionInfo]:
+    def discover(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension],
+                 present: Present | None = None) -> list[DimensionInfo]:
         return [self.info(None, _threshold_parameters(f"{self.display} in {self.unit}"))]
 
-    def candidates(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Facts]:
+    def candidates(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Candidates]:
         limit = _quantile(conn, query, self.quantile, self.column)
         if limit is None:
             return []
-        rows = _rows(query, self.column.table, sa.literal(self.name), sa.literal(f"> {limit:g}"), self.column > limit)
-        return [Facts(rows, lambda _name, _value: {"threshold": limit, "operator": ">"})]
+        return [TraceCondition(self.name, f"> {limit:g}", self.column > limit, {"threshold": limit, "operator": ">"})]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -360,11 +414,11 @@ class ToolKind(Kind):
             raise DimensionError(f"dimension {dimension.name!r}: value must be used, error or success, not {state!r}")
         return state
 
-    def trace_ids(self, dimension: Dimension, key: str | None) -> sa.Select:
+    def trace_keys(self, dimension: Dimension, key: str | None) -> sa.Select:
         state, tool = self._state(dimension), sa.and_(TOOL_SPAN, SPANS.c.name == key)
-        used = sa.select(SPANS.c.trace_id).where(tool)
-        failed = sa.select(SPANS.c.trace_id).where(tool, SPANS.c.status == "ERROR")
-        return {"used": used, "error": failed, "success": used.where(SPANS.c.trace_id.not_in(failed))}[state]
+        used = sa.select(SPANS.c.trace_key).where(tool)
+        failed = sa.select(SPANS.c.trace_key).where(tool, SPANS.c.status == "ERROR")
+        return {"used": used, "error": failed, "success": used.where(SPANS.c.trace_key.not_in(failed))}[state]
 
     def mlflow_filter(self, dimension: Dimension, key: str | None) -> str | None:
         # MLflow's span conditions hold for one span together: a TOOL span of this name (that failed).
@@ -380,20 +434,23 @@ class ToolKind(Kind):
         return {"used": f"called tool {key}", "error": f"tool {key} failed",
                 "success": f"tool {key} never failed"}[self._state(dimension)]
 
-    def discover(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[DimensionInfo]:
-        return [self.info(tool, _value_parameters(TOOL_STATES, "used, error or success"))
-                for tool in _distinct(conn, query, SPANS, SPANS.c.name, TOOL_SPAN)]
+    def discover(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension],
+                 present: Present | None = None) -> list[DimensionInfo]:
+        tools = (_distinct(conn, query, SPANS, SPANS.c.name, TOOL_SPAN) if present is None else
+                 sorted(name.removeprefix("tools.") for name, values in present.items()
+                        if name.startswith("tools.") and "used" in values))
+        return [self.info(tool, _value_parameters(TOOL_STATES, "used, error or success")) for tool in tools]
 
-    def candidates(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Facts]:
+    def stored_rows(self, where: Restriction = lambda table: [], offered_only: bool = False,
+                    distinct: bool = True) -> sa.Select:
         # One grouped scan of the tool spans gives each (trace, tool) both its rows: used, and error or success.
-        calls = (sa.select(SPANS.c.trace_id, (sa.literal("tools.") + SPANS.c.name).label("name"),
+        calls = (sa.select(SPANS.c.trace_key, (sa.literal("tools.") + SPANS.c.name).label("name"),
                            (sa.func.count().filter(SPANS.c.status == "ERROR") > 0).label("failed"))
-                 .where(*population_filter(query, SPANS), TOOL_SPAN).group_by(SPANS.c.trace_id, SPANS.c.name)
+                 .where(TOOL_SPAN, SPANS.c.name.is_not(None), *where(SPANS)).group_by(SPANS.c.trace_key, SPANS.c.name)
                  .subquery("tool_calls"))
         state = sa.case((calls.c.failed, sa.literal("error")), else_=sa.literal("success"))
-        rows = sa.select(calls.c.trace_id, calls.c.name,
+        return sa.select(calls.c.trace_key, calls.c.name,
                          sa.func.unnest(sa.func.list_value(sa.literal("used"), state)).label("value"))
-        return [Facts(rows, lambda _name, value: {"value": value})]
 
 
 def _feedback_value(value: Any) -> sa.ColumnElement[bool]:
@@ -425,20 +482,20 @@ class AssessmentKind(Kind):
 
     @staticmethod
     def about(columns: list[sa.ColumnElement], *where: sa.ColumnElement[bool]) -> sa.CompoundSelect:
-        """(trace_id, *columns) of the valid feedback matching `where`, for each trace it is about: the trace it
+        """(trace_key, *columns) of the valid feedback matching `where`, for each trace it is about: the trace it
         is logged on and, for feedback on a whole conversation (its metadata names the session, MLflow's
         session-scoped assessments), every trace of that session in its experiment, as MLflow's search counts it."""
         logged_on, about = TRACES.alias("logged_on"), TRACES.alias("about")
         session = sa.and_(about.c.experiment_id == logged_on.c.experiment_id,
                           about.c.session_id == logged_on.c.session_id)
         return sa.union(
-            sa.select(ASSESSMENTS.c.trace_id.label("trace_id"), *columns).where(VALID_FEEDBACK, *where),
-            sa.select(about.c.trace_id, *columns)
-            .select_from(ASSESSMENTS.join(logged_on, logged_on.c.trace_id == ASSESSMENTS.c.trace_id).join(about, session))
+            sa.select(ASSESSMENTS.c.trace_key.label("trace_key"), *columns).where(VALID_FEEDBACK, *where),
+            sa.select(about.c.trace_key, *columns)
+            .select_from(ASSESSMENTS.join(logged_on, logged_on.c.trace_key == ASSESSMENTS.c.trace_key).join(about, session))
             .where(VALID_FEEDBACK, *where, ASSESSMENTS.c.metadata_json.contains(SESSION_SCOPED)),
         )
 
-    def trace_ids(self, dimension: Dimension, key: str | None) -> sa.CompoundSelect:
+    def trace_keys(self, dimension: Dimension, key: str | None) -> sa.CompoundSelect:
         if "threshold" in dimension.parameters:
             condition = _compare(dimension, ASSESSMENTS.c.numeric_value)
         else:
@@ -461,7 +518,8 @@ class AssessmentKind(Kind):
             return f"{key} {_threshold_words(dimension)}"
         return f"{key} is {self.words(dimension, key)}"
 
-    def discover(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[DimensionInfo]:
+    def discover(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension],
+                 present: Present | None = None) -> list[DimensionInfo]:
         found = []
         for feedback in assessments_discovery(conn, query).data:
             if feedback.assessment_type == "numeric":
@@ -516,10 +574,10 @@ class SessionKind(Kind):
                                  "dimension, e.g. 'assessment.user_thumbs' (with its value), or 'status'")
         return Dimension(name=name, parameters=parameters)
 
-    def trace_ids(self, dimension: Dimension, key: str | None) -> sa.Select:
-        sessions = sa.select(TRACES.c.session_id).where(TRACES.c.trace_id.in_(trace_ids(self.inner(dimension))),
+    def trace_keys(self, dimension: Dimension, key: str | None) -> sa.Select:
+        sessions = sa.select(TRACES.c.session_id).where(TRACES.c.trace_key.in_(trace_keys(self.inner(dimension))),
                                                         TRACES.c.session_id.is_not(None))
-        return sa.select(TRACES.c.trace_id).where(TRACES.c.session_id.in_(sessions))
+        return sa.select(TRACES.c.trace_key).where(TRACES.c.session_id.in_(sessions))
 
     def words(self, dimension: Dimension, key: str | None) -> str:
         return phrase(self.inner(dimension))
@@ -527,7 +585,8 @@ class SessionKind(Kind):
     def phrase(self, dimension: Dimension, key: str | None) -> str:
         return f"in a session where {phrase(self.inner(dimension))}"
 
-    def discover(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[DimensionInfo]:
+    def discover(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension],
+                 present: Present | None = None) -> list[DimensionInfo]:
         if conn.execute(sa.select(TRACES.c.session_id).where(*population_filter(query), TRACES.c.session_id.is_not(None))
                         .limit(1)).first() is None:
             return []
@@ -539,13 +598,13 @@ class SessionKind(Kind):
             *_threshold_parameters("Its threshold, if it takes one.", required=False),
         ])]
 
-    def candidates(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Facts]:
+    def candidates(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Candidates]:
         found = []
         for outcome in outcomes:
             dimension = Dimension(name=self.name, parameters={"outcome": outcome.name, **outcome.parameters})
-            rows = _rows(query, TRACES, sa.literal(self.name), sa.literal(self.words(dimension, None)),
-                         TRACES.c.trace_id.in_(self.trace_ids(dimension, None)))
-            found.append(Facts(rows, lambda _name, _value, dimension=dimension: dict(dimension.parameters)))
+            found.append(TraceCondition(self.name, self.words(dimension, None),
+                                        TRACES.c.trace_key.in_(self.trace_keys(dimension, None)),
+                                        dict(dimension.parameters)))
         return found
 
 
@@ -571,7 +630,7 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
     ValueKind(name="span.type", display="Span type", description="Traces with a span of this type.",
               column=SPANS.c.span_type, phrasing="has a {value} span", mlflow=_equals("span.type")),
     ValueKind(name="span.name", display="Span name", description="Traces with a span of this name.",
-              column=SPANS.c.name, listed=(SPANS.c.name.in_(NAMED_SPANS),), phrasing="has a span named {value}",
+              column=SPANS.c.name, listed_values=NAMED_SPANS, phrasing="has a span named {value}",
               mlflow=_equals("span.name")),
     ValueKind(name="model", display="Model", description="Traces with a span calling this model.",
               column=SPANS.c.model_name, phrasing="called model {value}", mlflow=_model_filter),
@@ -606,10 +665,11 @@ def kind_of(name: str) -> tuple[Kind, str | None]:
     return kind, key
 
 
-def trace_ids(dimension: Dimension) -> sa.Select | sa.CompoundSelect:
-    """The trace ids a dimension selects (over all traces; the population is applied by the caller)."""
+def trace_keys(dimension: Dimension) -> sa.Select | sa.CompoundSelect:
+    """The keys (traces.trace_key) of the traces a dimension selects (over all traces; the population is applied
+    by the caller)."""
     kind, key = kind_of(dimension.name)
-    return kind.trace_ids(dimension, key)
+    return kind.trace_keys(dimension, key)
 
 
 def mlflow_filter_string(dimension: Dimension) -> str | None:
@@ -637,11 +697,39 @@ def subject(dimension: Dimension) -> str:
     return kind.inner(dimension).name if isinstance(kind, SessionKind) else dimension.name
 
 
-def discover(conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[DimensionInfo]:
-    """Every dimension the population's data has, kind by kind in the registry's order."""
-    return [info for kind in KINDS.values() for info in kind.discover(conn, query, outcomes)]
+def discover(conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension],
+             present: Present | None = None) -> list[DimensionInfo]:
+    """Every dimension the population's data has, kind by kind in the registry's order (`present`: the stored
+    kinds' values, from the dimension facts)."""
+    return [info for kind in KINDS.values() for info in kind.discover(conn, query, outcomes, present)]
 
 
-def candidates(conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Facts]:
-    """Every kind's candidate values over the population (`outcomes` give the session candidates)."""
+def candidates(conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Candidates]:
+    """The candidate values of the kinds that store none, over the population (`outcomes` give the session
+    candidates); the stored kinds' are the dimension facts' (assets/insights/facts.py) or `stored_candidates`."""
     return [facts for kind in KINDS.values() for facts in kind.candidates(conn, query, outcomes)]
+
+
+STORED_KINDS = [kind for kind in KINDS.values() if kind.stored_rows() is not None]
+
+
+def stored_rows(where: Restriction = lambda table: [], offered_only: bool = False) -> sa.CompoundSelect:
+    """(trace_key, name, value), distinct, of every stored kind, of the rows `where` gives for each kind's table."""
+    return sa.union_all(*(kind.stored_rows(where, offered_only) for kind in STORED_KINDS))
+
+
+def stored_parameters(_name: str, value: str) -> dict[str, Any]:
+    """A stored value's dimension parameters (every stored kind takes its value as `value`)."""
+    return {"value": value}
+
+
+def stored_candidates(query: InsightsQuery) -> Facts:
+    """The stored kinds' candidate values over the population, read from spans, tags and metadata: what the
+    dimension facts hold, for a warehouse whose facts are not up to date."""
+    return Facts(stored_rows(lambda table: population_filter(query, table), offered_only=True), stored_parameters)
+
+
+def offered() -> sa.ColumnElement[bool]:
+    """Which stored values (DIMENSION_VALUES rows) are offered as candidates, decided over every trace."""
+    return sa.and_(sa.true(), *(sa.or_(DIMENSION_VALUES.c.name != kind.name, condition) for kind in STORED_KINDS
+                                if (condition := kind.offered()) is not None))

@@ -75,7 +75,7 @@ def _daily_rollups(conn: sa.Connection) -> dict[str, pd.DataFrame]:
     """Each daily rollup, with a column `kind`: its rows over production traces and over evaluation traces."""
     frames, queries = {}, rollup_queries()
     for name, table in DAILY_ROLLUPS.items():
-        kind = sa.case((table.c.trace_id.in_(EVALUATION_TRACES), EVALUATION), else_=PRODUCTION).label("kind")
+        kind = sa.case((table.c.trace_key.in_(EVALUATION_TRACES), EVALUATION), else_=PRODUCTION).label("kind")
         query = queries[f"insights_{name}_daily"].add_columns(kind).group_by(kind).order_by("time_bucket")
         # Constants inlined, as write_rollups does: DuckDB matches a GROUP BY expression to the selected one only
         # when their constants are the same, not two parameters.

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 TRACE_NAME_TAG = "mlflow.traceName"
 TRACE_USER_METADATA = "mlflow.trace.user"  # also a column: traces.user_id
+SOURCE_RUN_METADATA = "mlflow.sourceRun"  # the run a trace was made in (evaluations): traces.evaluation
 # MLflow returns these metadata keys from columns since 3.17; the warehouse keeps them as typed columns
 # (traces.session_id, *_tokens, *_cost) instead of JSON strings.
 PROMOTED_METADATA_KEYS = ("mlflow.trace.session", "mlflow.trace.tokenUsage", "mlflow.trace.cost")
@@ -78,12 +79,24 @@ def fingerprint_sql(rel: Callable[[str], str]) -> str:
     """
 
 
-def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
-    """One SELECT per warehouse table, from relations shaped like MLflow's SQL tables."""
-    # Child rows carry their trace's time and experiment (warehouse migration 2).
+def written_sql(rel: Callable[[str], str], first_key: int) -> str:
+    """The traces a run writes, each numbered with its key (traces.trace_key, from `first_key` on, in time order:
+    keys say which traces the dimension facts have not seen yet, and facts kept in key order are in time order)
+    and with what its child rows carry of it."""
+    return f"""
+        SELECT request_id AS trace_id, CAST(experiment_id AS VARCHAR) AS experiment_id, timestamp_ms,
+               {first_key} - 1 + row_number() OVER (ORDER BY timestamp_ms, request_id) AS trace_key
+        FROM {rel('trace_info')}"""
+
+
+def contract_sql(rel: Callable[[str], str], written: str) -> dict[str, str]:
+    """One SELECT per warehouse table, from relations shaped like MLflow's SQL tables, of the traces in the temp
+    table `written` (`written_sql`): the trace_info read once for all of them, so no row of a trace read later
+    (one added to the source meanwhile) is written without its trace."""
+    # Child rows carry their trace's time, experiment (warehouse migration 2) and key (migration 11).
     trace_times = (
-        "(SELECT request_id AS joined_trace_id, timestamp_ms AS joined_timestamp_ms, "
-        f"CAST(experiment_id AS VARCHAR) AS joined_experiment_id FROM {rel('trace_info')})"
+        "(SELECT trace_id AS joined_trace_id, timestamp_ms AS joined_timestamp_ms, "
+        f"experiment_id AS joined_experiment_id, trace_key AS joined_trace_key FROM {written})"
     )
     return {
         "traces": f"""
@@ -91,10 +104,13 @@ def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
                    execution_time_ms, status, client_request_id, trace_name, session_id, input_tokens,
                    output_tokens, total_tokens, round(input_cost, 12), round(output_cost, 12),
                    round(total_cost, 12), request_preview, response_preview, user_value,
-                   cache_read_input_tokens, cache_creation_input_tokens, cache_creation_input_tokens_above_1hr
-            FROM {rel('trace_info')} LEFT JOIN (
-                SELECT request_id AS user_trace_id, any_value(value) AS user_value FROM {rel('trace_request_metadata')}
-                WHERE key = '{TRACE_USER_METADATA}' GROUP BY 1
+                   cache_read_input_tokens, cache_creation_input_tokens, cache_creation_input_tokens_above_1hr,
+                   joined_trace_key, coalesce(made_in_run, false)
+            FROM {rel('trace_info')} JOIN {trace_times} ON joined_trace_id = request_id LEFT JOIN (
+                SELECT request_id AS user_trace_id, any_value(value) FILTER (WHERE key = '{TRACE_USER_METADATA}')
+                       AS user_value, bool_or(key = '{SOURCE_RUN_METADATA}') AS made_in_run
+                FROM {rel('trace_request_metadata')}
+                WHERE key IN ('{TRACE_USER_METADATA}', '{SOURCE_RUN_METADATA}') GROUP BY 1
             ) ON user_trace_id = request_id""",
         # Each span's JSON is parsed once (TRY: broken JSON gives NULL, not an error); the reason is worked
         # out only for the rare rows that failed. CASE evaluates a branch only for the rows that reach it.
@@ -113,7 +129,8 @@ def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
                    -- the exception that failed the span: MLflow records it as the span's last `exception` event
                    CASE WHEN status = 'ERROR' THEN list_last(list_filter(
                        TRY(json_extract_string(content, '$.events[*].attributes."exception.type"')), t -> t IS NOT NULL))
-                   END
+                   END,
+                   joined_trace_key
             FROM (
                 SELECT *, TRY(json_extract_string(parsed[2], ['$.input_tokens', '$.output_tokens', '$.total_tokens'])) AS usage
                 FROM (
@@ -121,17 +138,18 @@ def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
                                content, ['$.status.message', '$.attributes."mlflow.chat.tokenUsage"'])) AS parsed
                     FROM {rel('spans')}
                 )
-            ) LEFT JOIN {trace_times} ON joined_trace_id = trace_id""",
+            ) JOIN {trace_times} ON joined_trace_id = trace_id""",
         "trace_tags": f"""
-            SELECT request_id, key, value, joined_experiment_id, joined_timestamp_ms
-            FROM {rel('trace_tags')} LEFT JOIN {trace_times} ON joined_trace_id = request_id
+            SELECT request_id, key, value, joined_experiment_id, joined_timestamp_ms, joined_trace_key
+            FROM {rel('trace_tags')} JOIN {trace_times} ON joined_trace_id = request_id
             WHERE key <> '{TRACE_NAME_TAG}'
             UNION ALL
-            SELECT request_id, '{TRACE_NAME_TAG}', trace_name, CAST(experiment_id AS VARCHAR), timestamp_ms
-            FROM {rel('trace_info')} WHERE trace_name IS NOT NULL""",
+            SELECT request_id, '{TRACE_NAME_TAG}', trace_name, joined_experiment_id, joined_timestamp_ms,
+                   joined_trace_key
+            FROM {rel('trace_info')} JOIN {trace_times} ON joined_trace_id = request_id WHERE trace_name IS NOT NULL""",
         "trace_metadata": f"""
-            SELECT request_id, key, value, joined_experiment_id, joined_timestamp_ms
-            FROM {rel('trace_request_metadata')} LEFT JOIN {trace_times} ON joined_trace_id = request_id
+            SELECT request_id, key, value, joined_experiment_id, joined_timestamp_ms, joined_trace_key
+            FROM {rel('trace_request_metadata')} JOIN {trace_times} ON joined_trace_id = request_id
             WHERE key NOT IN {PROMOTED_METADATA_KEYS}""",
         "trace_links": f"""
             SELECT source_id, destination_type, destination_id, created_time FROM {rel('entity_associations')}
@@ -155,7 +173,8 @@ def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
                              CASE lower(trim(TRY(json_extract_string(value, '$')), e' \t\n\r\x0b\x0c'))
                                   WHEN 'yes' THEN 1.0 WHEN 'no' THEN 0.0 END
                    END,
-                   coalesce(value_type = 'numeric' AND isfinite(TRY_CAST(value AS DOUBLE)), false)
+                   coalesce(value_type = 'numeric' AND isfinite(TRY_CAST(value AS DOUBLE)), false),
+                   joined_trace_key
             FROM (
                 SELECT *, CASE WHEN value IS NULL OR trim(value) = 'null' THEN NULL  -- no value: a failed judge run
                                WHEN NOT json_valid(value) THEN 'string'
@@ -164,7 +183,7 @@ def contract_sql(rel: Callable[[str], str]) -> dict[str, str]:
                                WHEN json_type(value) = 'VARCHAR' THEN 'string'
                                ELSE 'json' END AS value_type
                 FROM {rel('assessments')}
-            ) LEFT JOIN {trace_times} ON joined_trace_id = trace_id""",
+            ) JOIN {trace_times} ON joined_trace_id = trace_id""",
     }
 
 
@@ -296,7 +315,12 @@ def _copy(con: duckdb.DuckDBPyConnection, source: TraceSource, *, state: str, re
     def changed_rel(table: str) -> str:
         return source.relation(con, table, only_changed=not every_trace)
 
-    statements = contract_sql(changed_rel)  # a targeted source stages the changed traces' rows here
+    # Keys are never given twice, also after the traces holding the highest ones were deleted.
+    first_key = 1 + con.execute(f"""
+        SELECT greatest((SELECT coalesce(max(trace_key), 0) FROM {_WAREHOUSE}.traces),
+                        (SELECT coalesce(max(last_trace_key), 0) FROM {_WAREHOUSE}._extract_runs))""").fetchone()[0]
+    con.execute(f"CREATE TEMP TABLE _written AS {written_sql(changed_rel, first_key)}")
+    statements = contract_sql(changed_rel, "_written")  # a targeted source stages the changed traces' rows here
     progress("read the changed traces' rows from the source")
     # Rows to remove: traces gone from the source and changed traces the warehouse already has (none in a new file).
     con.execute(f"""
@@ -363,7 +387,8 @@ def _record_run(con: duckdb.DuckDBPyConnection, result: ExtractResult, source: T
             SELECT now()::TIMESTAMP AS run_started_at, ? AS source, ? AS mode, ? AS source_traces,
                    ? AS changed_traces, ? AS deleted_traces, (SELECT max(timestamp_ms) FROM _source_state)
                    AS max_timestamp_ms, (SELECT max(last_updated_ms) FROM {_WAREHOUSE}.assessments)
-                   AS max_assessment_updated_ms, ? AS seconds, ? AS source_read_ms, ? AS tracking_store""",
+                   AS max_assessment_updated_ms, ? AS seconds, ? AS source_read_ms, ? AS tracking_store,
+                   (SELECT max(trace_key) FROM {_WAREHOUSE}.traces) AS last_trace_key""",
         [result.source, result.mode, result.source_traces, result.changed_traces, result.deleted_traces,
          result.seconds, source_read_ms, store_identity(source.uri)],
     )

@@ -1,0 +1,159 @@
+"""The dimension facts: the values of the stored dimension kinds (status, trace name and user, span types and names,
+models, error types, tools, tags, metadata: the registry's `Kind.stored_rows`) each trace has, kept in the warehouse
+so that correlations, root causes and discovery count them instead of deriving them from 8M spans, tags and
+metadata rows per request.
+
+- `dimension_values` numbers each (name, value) once (a number is never reused) and says whether it is offered as
+  a candidate;
+- `trace_dimension_values` has a row (trace_key, value_id) per trace and value, in key (so time) order;
+- `dimension_value_hours` counts, per experiment, UTC hour and value, the traces that have it (discovery);
+- `_dimension_facts_state` names the warehouse version they describe: its highest trace key and its trace count.
+
+The `dimension_facts` asset brings them up to date after each extract (`refresh_facts`): it adds the facts of the
+traces keyed above the last run's, and deletes those whose trace is gone or was copied again (under a new key).
+Readers use them only while they describe the warehouse as it is (`facts_current`); otherwise they read the child
+tables (slower, the same answers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from assets.insights import registry
+from assets.insights.queries import DIMENSION_VALUES, TRACE_DIMENSION_VALUES, TRACES, InsightsQuery
+
+HOUR_MS = 3_600_000
+STATE = sa.table("_dimension_facts_state", sa.column("covered_key"), sa.column("covered_traces"))
+NEW_FACTS = sa.table("_new_facts", sa.column("trace_key"), sa.column("value_id"))  # a refresh's, before insertion
+VALUE_HOURS = sa.table("dimension_value_hours", sa.column("experiment_id"), sa.column("hour_ms"),
+                       sa.column("value_id"), sa.column("traces"))
+
+
+@dataclass(frozen=True)
+class FactsRefresh:
+    traces_added: int  # traces whose facts were added
+    facts_added: int
+    facts_deleted: int  # of traces gone or copied again
+    values: int  # numbered (name, value) pairs in all
+    facts: int  # rows in all
+
+
+def _version(conn: sa.Connection) -> tuple[int, int]:
+    """(highest trace key, number of traces): every extract that changes anything changes it (a trace copied
+    again gets a new, higher key; a deleted one lowers the count)."""
+    key, count = conn.execute(sa.select(sa.func.coalesce(sa.func.max(TRACES.c.trace_key), 0), sa.func.count())).one()
+    return key, count
+
+
+def _covered(conn: sa.Connection) -> tuple[int, int]:
+    return conn.execute(sa.select(STATE.c.covered_key, STATE.c.covered_traces)).one_or_none() or (0, 0)
+
+
+def facts_current(conn: sa.Connection) -> bool:
+    """Whether the facts describe the warehouse's traces as they are now."""
+    return _covered(conn) == _version(conn)
+
+
+def _inlined(statement: sa.Select, conn: sa.Connection) -> str:
+    # The registry's own constants only, no user input: inlined, as DuckDB's CREATE TABLE AS takes no parameters.
+    return str(statement.compile(conn, compile_kwargs={"literal_binds": True}))
+
+
+def refresh_facts(conn: sa.Connection) -> FactsRefresh:
+    """Bring the facts up to date with the warehouse's traces (inside the caller's transaction)."""
+    covered_key, covered_traces = _covered(conn)
+    key, count = _version(conn)
+    def fact_count() -> int:  # (DuckDB's driver reports no rowcount)
+        return conn.execute(sa.select(sa.func.count()).select_from(TRACE_DIMENSION_VALUES)).scalar()
+
+    before = fact_count()
+    still_there = conn.execute(sa.select(sa.func.count()).where(TRACES.c.trace_key <= covered_key)).scalar()
+    if still_there < covered_traces:  # some covered trace was deleted or copied again: its facts go
+        conn.execute(TRACE_DIMENSION_VALUES.delete().where(
+            TRACE_DIMENSION_VALUES.c.trace_key.not_in(sa.select(TRACES.c.trace_key))))
+    kept = fact_count()
+    # The new traces' rows, kind by kind: their (name, value) pairs, then their facts as distinct (key, number)
+    # pairs, cheaper than making the string triples distinct. One INSERT per table: with an INSERT per kind (in key
+    # order), DuckDB 1.5.5 showed the transaction only the first two kinds' facts at 1M traces, after a kind with
+    # none (no users); and it loses, at commit, a row group's worth of rows inserted into a table after an insert
+    # of no rows from a scan or an ORDER BY into it in the same transaction.
+    parts = [kind.stored_rows(lambda table: [table.c.trace_key > covered_key], distinct=False).subquery()
+             for kind in registry.STORED_KINDS]
+    pairs = sa.union(*(sa.select(rows.c.name, rows.c.value) for rows in parts)).subquery()
+    unseen = sa.select(pairs).where(~sa.exists().where(DIMENSION_VALUES.c.name == pairs.c.name,
+                                                       DIMENSION_VALUES.c.value == pairs.c.value)).subquery()
+    first_id = sa.select(sa.func.coalesce(sa.func.max(DIMENSION_VALUES.c.value_id), 0)).scalar_subquery()
+    conn.execute(DIMENSION_VALUES.insert().from_select(
+        ["value_id", "name", "value", "offered"],
+        sa.select(first_id + sa.func.row_number().over(order_by=(unseen.c.name, unseen.c.value)),
+                  unseen.c.name, unseen.c.value, sa.true())))
+    new_facts = sa.union_all(*(
+        sa.select(rows.c.trace_key, DIMENSION_VALUES.c.value_id).distinct()
+        .select_from(rows.join(DIMENSION_VALUES, sa.and_(DIMENSION_VALUES.c.name == rows.c.name,
+                                                         DIMENSION_VALUES.c.value == rows.c.value)))
+        for rows in parts))
+    conn.exec_driver_sql(f"CREATE OR REPLACE TEMP TABLE _new_facts AS {_inlined(new_facts, conn)}")
+    # Per hour, counted over the kept facts and the new ones (read from the temp table, not back from the
+    # transaction's own writes, which DuckDB reads slowly).
+    conn.execute(VALUE_HOURS.delete())
+    every_fact = sa.union_all(sa.select(TRACE_DIMENSION_VALUES), sa.select(NEW_FACTS)).subquery()
+    size = sa.literal_column(str(HOUR_MS))  # not a parameter: SELECT and GROUP BY must be the same expression
+    hour = (sa.cast(sa.func.floor(TRACES.c.timestamp_ms / size), sa.BigInteger) * size).label("hour_ms")
+    conn.execute(VALUE_HOURS.insert().from_select(
+        ["experiment_id", "hour_ms", "value_id", "traces"],
+        sa.select(TRACES.c.experiment_id, hour, every_fact.c.value_id, sa.func.count())
+        .select_from(every_fact.join(TRACES, TRACES.c.trace_key == every_fact.c.trace_key))
+        .group_by(TRACES.c.experiment_id, hour, every_fact.c.value_id)))
+    conn.execute(TRACE_DIMENSION_VALUES.insert().from_select(["trace_key", "value_id"], sa.select(NEW_FACTS)))
+    conn.exec_driver_sql("DROP TABLE _new_facts")
+    # Which values are offered depends on every trace (e.g. a span name used below the root): decided again.
+    conn.execute(DIMENSION_VALUES.update().values(offered=registry.offered()))
+    conn.execute(STATE.delete())
+    conn.execute(STATE.insert().values(covered_key=key, covered_traces=count))
+    values = conn.execute(sa.select(sa.func.count()).select_from(DIMENSION_VALUES)).scalar()
+    facts = fact_count()
+    return FactsRefresh(traces_added=count - still_there, facts_added=facts - kept, facts_deleted=before - kept,
+                        values=values, facts=facts)
+
+
+def _hours(query: InsightsQuery) -> tuple[tuple[int | None, int | None] | None, list[tuple[int, int]]]:
+    """The query's time range as (first, last) whole UTC hours wholly inside it (None: no such hour), and the
+    parts of hours at its ends (inclusive ms ranges)."""
+    start, end = query.start_time, query.end_time
+    first = None if start is None else -(-start // HOUR_MS) * HOUR_MS
+    last = None if end is None else (end + 1) // HOUR_MS * HOUR_MS - HOUR_MS
+    if first is not None and last is not None and first > last:
+        return None, [(start, end)]
+    edges = [(start, first - 1)] if start is not None and first != start else []
+    if end is not None and last + HOUR_MS - 1 != end:
+        edges.append((last + HOUR_MS, end))
+    return (first, last), edges
+
+
+def present_values(conn: sa.Connection, query: InsightsQuery) -> dict[str, list[str]]:
+    """Each stored dimension name → its offered values that some trace of the query's experiments and times has
+    (evaluation traces included, as discovery counts), sorted; read from the hourly counts, and from the facts
+    of the traces in the parts of hours at the range's ends."""
+    whole, edges = _hours(query)
+    present = []
+    if whole is not None:
+        first, last = whole
+        present.append(sa.select(VALUE_HOURS.c.value_id).where(
+            VALUE_HOURS.c.experiment_id.in_(query.experiment_ids),
+            *([] if first is None else [VALUE_HOURS.c.hour_ms >= first]),
+            *([] if last is None else [VALUE_HOURS.c.hour_ms <= last])))
+    if edges:
+        in_edges = sa.select(TRACES.c.trace_key).where(
+            TRACES.c.experiment_id.in_(query.experiment_ids),
+            sa.or_(*(TRACES.c.timestamp_ms.between(low, high) for low, high in edges)))
+        present.append(sa.select(TRACE_DIMENSION_VALUES.c.value_id)
+                       .where(TRACE_DIMENSION_VALUES.c.trace_key.in_(in_edges)))
+    found: dict[str, list[str]] = {}
+    for name, value in conn.execute(
+            sa.select(DIMENSION_VALUES.c.name, DIMENSION_VALUES.c.value)
+            .where(DIMENSION_VALUES.c.offered, DIMENSION_VALUES.c.value_id.in_(sa.union(*present)))
+            .order_by(DIMENSION_VALUES.c.name, DIMENSION_VALUES.c.value)):
+        found.setdefault(name, []).append(value)
+    return found

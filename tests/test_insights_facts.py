@@ -1,0 +1,113 @@
+"""The dimension facts (assets/insights/facts.py) on real warehouses: they hold exactly what the child tables say
+after every kind of change the extract makes, and every insight reads the same from them as without them."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+import sqlalchemy as sa
+from mlflow.entities import AssessmentSource, AssessmentSourceType
+from mlflow.tracing.client import TracingClient
+
+from assets.insights import registry
+from assets.insights.dimensions import CorrelationsRequest, correlations, dimensions_discovery, rank_against
+from assets.insights.facts import HOUR_MS, facts_current, refresh_facts
+from assets.insights.npmi import Dimension, calculate_npmi
+from assets.insights.outcomes import OutcomeRules, outcomes
+from assets.insights.queries import InsightsQuery
+from assets.insights.registry import Population
+from assets.traces.extract import extract_traces
+from resources.agent.traffic import seed_demo
+from resources.trace_sources import SqlTrackingStore
+from resources.warehouse import sqlalchemy_engine
+from tests.conftest import Store
+
+
+def refreshed(path: str):
+    with sqlalchemy_engine(path, read_only=False).begin() as conn:
+        return refresh_facts(conn)
+
+
+def assert_facts_are_the_child_tables(path: str) -> None:
+    """The facts are the stored kinds' values of the warehouse's traces now, no more (none of a trace deleted or
+    copied again), no fewer; each (name, value) has one number; the hourly counts are the facts'."""
+    with sqlalchemy_engine(path).connect() as conn:
+        assert facts_current(conn)
+        derived = set(conn.execute(sa.select(registry.stored_rows().subquery())).all())
+        stored = conn.exec_driver_sql("""
+            SELECT f.trace_key, v.name, v.value FROM trace_dimension_values f JOIN dimension_values v USING (value_id)
+        """).all()
+        assert len(stored) == len(set(stored)) and set(stored) == derived and derived
+        assert conn.exec_driver_sql(
+            "SELECT count(DISTINCT value_id) = count(*) AND count(DISTINCT (name, value)) = count(*) "
+            "FROM dimension_values").scalar()
+        hours = conn.exec_driver_sql(f"""
+            SELECT t.experiment_id, t.timestamp_ms // {HOUR_MS} * {HOUR_MS}, f.value_id, count(*)
+            FROM trace_dimension_values f JOIN traces t USING (trace_key) GROUP BY ALL""").all()
+        assert set(conn.exec_driver_sql("SELECT * FROM dimension_value_hours").all()) == set(hours)
+
+
+def test_facts_follow_new_changed_and_deleted_traces(store: Store, warehouse_path: str):
+    source = SqlTrackingStore(store.uri)
+    extract_traces(source, warehouse_path)
+    first = refreshed(warehouse_path)
+    assert first.traces_added == len(store.trace_ids) and first.facts_deleted == 0
+    assert_facts_are_the_child_tables(warehouse_path)
+    assert refreshed(warehouse_path).traces_added == 0  # nothing new: nothing read
+
+    # a late tag (the trace is copied again under a new key), a deleted trace, new traces
+    mlflow.set_trace_tag(store.trace_ids[0], "persona", "newcomer")
+    TracingClient(store.uri).delete_traces(experiment_id=store.experiment_id, trace_ids=[store.trace_ids[1]])
+    seed_demo(5, experiment="llmops-demo", seed=99)
+    extract_traces(source, warehouse_path)
+    with sqlalchemy_engine(warehouse_path).connect() as conn:
+        assert not facts_current(conn)
+    again = refreshed(warehouse_path)
+    assert again.traces_added == 6 and again.facts_deleted > 0
+    assert_facts_are_the_child_tables(warehouse_path)
+
+
+def _answers(path: str, store: Store) -> list:
+    """What correlations, discovery and root causes answer over the warehouse at `path`."""
+    query = InsightsQuery(experiment_ids=[store.experiment_id])
+    with sqlalchemy_engine(path).connect() as conn:
+        found = [dimensions_discovery(conn, query).model_dump()]
+        for target in ({"name": "status", "parameters": {"value": "ERROR"}},
+                       {"name": "assessment.user_thumbs", "parameters": {"value": False}},
+                       {"name": "tools.web.fetch", "parameters": {"value": "error"}}):
+            request = CorrelationsRequest(experiment_ids=[store.experiment_id], dimension=target, limit=None)
+            found.append(correlations(conn, request).model_dump())
+            ranged = request.model_copy(update={"start_time": 1, "end_time": 2**52})
+            found.append(correlations(conn, ranged).model_dump())
+        every = Population(experiment_ids=[store.experiment_id], include_evaluations=True)
+        targets = outcomes(conn, every, OutcomeRules())
+        found += [ranked.model_dump() for ranked in rank_against(conn, every, targets)]
+    return found
+
+
+def test_every_insight_reads_the_same_from_the_facts_as_from_the_child_tables(store: Store, warehouse_path: str):
+    mlflow.log_feedback(trace_id=store.trace_ids[3], name="user_thumbs", value=False,
+                        source=AssessmentSource(AssessmentSourceType.HUMAN, "u"))
+    extract_traces(SqlTrackingStore(store.uri), warehouse_path)
+    from_child_tables = _answers(warehouse_path, store)
+    refreshed(warehouse_path)
+    assert _answers(warehouse_path, store) == from_child_tables
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["facts current", "facts behind the extract"])
+def test_correlations_count_what_npmi_counts_pair_by_pair(store: Store, warehouse_path: str, stale: bool):
+    source = SqlTrackingStore(store.uri)
+    extract_traces(source, warehouse_path)
+    refreshed(warehouse_path)
+    if stale:
+        mlflow.set_trace_tag(store.trace_ids[5], "persona", "newcomer")
+        extract_traces(source, warehouse_path)
+    target = Dimension(name="status", parameters={"value": "ERROR"})
+    request = CorrelationsRequest(experiment_ids=[store.experiment_id], dimension=target, limit=None)
+    with sqlalchemy_engine(warehouse_path).connect() as conn:
+        assert facts_current(conn) is not stale
+        ranked = correlations(conn, request)
+        assert len(ranked.data) > 10
+        for candidate in ranked.data:
+            pair = calculate_npmi(conn, request, target, candidate.dimension)
+            assert (pair.dimension2_count, pair.joint_count) == (candidate.count, candidate.intersection_count)
