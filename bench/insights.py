@@ -56,8 +56,11 @@ def ensure_warehouse(size: int, data_dir: Path) -> tuple[str, Path]:
     return uri, path
 
 
-def endpoint_bodies(experiment_id: str) -> dict[str, dict]:
+def endpoint_bodies(experiment_id: str, last_ms: int) -> dict[str, dict]:
+    """Each endpoint's body over the whole experiment; correlations and discovery also over the last 7 days to the
+    millisecond (not whole hours: their parts of hours are read from the facts, not the hourly counts)."""
     base = {"experiment_ids": [experiment_id], "time_bucket": "day"}
+    week = {**base, "start_time": last_ms - 7 * 86_400_000 + 1, "end_time": last_ms}
     return {
         "traffic-cost/volume": base,
         "traffic-cost/latency": base,
@@ -73,6 +76,9 @@ def endpoint_bodies(experiment_id: str) -> dict[str, dict]:
         "dimensions/calculate-npmi": {**base, "dimension1": TARGETS["user_thumbs = false"][0],
                                       "dimension2": {"name": "tools.web.fetch", "parameters": {"value": "error"}}},
         "correlations": {**base, "dimension": TARGETS["user_thumbs = false"][0], "limit": 10, "min_support": 5},
+        "dimensions/discovery [7 days]": week,
+        "correlations [7 days]": {**week, "dimension": TARGETS["user_thumbs = false"][0], "limit": 10,
+                                  "min_support": 5},
     }
 
 
@@ -101,12 +107,13 @@ def serving(warehouse: Path) -> Iterator[str]:
         server.wait(timeout=30)
 
 
-def endpoint_latencies(warehouse: Path, experiment_id: str, repeats: int) -> dict[str, dict]:
+def endpoint_latencies(warehouse: Path, experiment_id: str, last_ms: int, repeats: int) -> dict[str, dict]:
     """p50/p95 of each endpoint over real HTTP against `llmops serve` (per request: open, query, close)."""
     with serving(warehouse) as url:
-        results, bodies = {}, endpoint_bodies(experiment_id)
+        results, bodies = {}, endpoint_bodies(experiment_id, last_ms)
         for path, body in tqdm(bodies.items(), total=len(bodies), desc="endpoints", unit="endpoint"):
-            request = urllib.request.Request(f"{url}{PREFIX}/{path}", data=json.dumps(body).encode(),
+            route = path.split(" ")[0]
+            request = urllib.request.Request(f"{url}{PREFIX}/{route}", data=json.dumps(body).encode(),
                                              headers={"Content-Type": "application/json"})
             times = []
             for i in range(repeats + 3):
@@ -209,10 +216,11 @@ def correlations_vs_mlflow(conn, store, experiment_id: str, max_pairs: int) -> d
     return results
 
 
-def run(size: int, data_dir: Path, repeats: int, max_pairs: int) -> dict:
+def run(size: int, data_dir: Path, repeats: int, max_pairs: int, rebuild_facts: bool) -> dict:
     import sqlalchemy as sa
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
+    from assets.insights.facts import refresh_facts
     from assets.insights.rollups import OutcomeRules, write_rollups, write_root_causes
     from resources.warehouse import sqlalchemy_engine
 
@@ -221,7 +229,16 @@ def run(size: int, data_dir: Path, repeats: int, max_pairs: int) -> dict:
     engine = sqlalchemy_engine(str(warehouse), read_only=False)
     with engine.connect() as conn:
         experiment_id = conn.execute(sa.text("SELECT min(experiment_id) FROM traces")).scalar()
-        traces = conn.execute(sa.text("SELECT count(*) FROM traces")).scalar()
+        traces, last_ms = conn.execute(sa.text("SELECT count(*), max(timestamp_ms) FROM traces")).one()
+    print(f"[{size}] dimension facts{' (built anew)' if rebuild_facts else ''}", flush=True)
+    with engine.begin() as conn:
+        if rebuild_facts:
+            for table in ("trace_dimension_values", "dimension_values", "dimension_value_hours",
+                          "_dimension_facts_state"):
+                conn.execute(sa.text(f"DELETE FROM {table}"))
+    with engine.begin() as conn:
+        facts, facts_s = timed(lambda: refresh_facts(conn))
+    print(f"  {facts} in {facts_s:.2f} s", flush=True)
     print(f"[{size}] rollups and root causes", flush=True)
     with engine.begin() as conn:
         rollups, rollups_s = timed(lambda: write_rollups(conn))
@@ -229,7 +246,7 @@ def run(size: int, data_dir: Path, repeats: int, max_pairs: int) -> dict:
         causes, root_causes_s = timed(lambda: write_root_causes(conn, OutcomeRules()))
     engine.dispose()
     print(f"[{size}] endpoints over HTTP ({repeats} requests each)", flush=True)
-    endpoints = endpoint_latencies(warehouse, experiment_id, repeats)
+    endpoints = endpoint_latencies(warehouse, experiment_id, last_ms, repeats)
     print(f"[{size}] MLflow on the same store", flush=True)
     store = SqlAlchemyStore(uri, str(data_dir / "artifacts"))
     with sqlalchemy_engine(str(warehouse)).connect() as conn:
@@ -240,6 +257,8 @@ def run(size: int, data_dir: Path, repeats: int, max_pairs: int) -> dict:
         "traces": traces,
         "endpoints_ms": endpoints,
         "max_endpoint_p95_ms": max(e["p95_ms"] for e in endpoints.values()),
+        "facts_refresh_s": round(facts_s, 2), "facts_built_anew": rebuild_facts,
+        "facts_traces_added": facts.traces_added, "facts": facts.facts,
         "rollups_s": round(rollups_s, 2), "rollup_rows": rollups,
         "root_causes_s": round(root_causes_s, 2), "root_cause_rows": len(causes),
         "root_cause_outcomes": len({(r["outcome"], r["outcome_value"]) for r in causes}),
@@ -255,10 +274,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=40, help="timed requests per endpoint")
     parser.add_argument("--max-pairs", type=int, default=8,
                         help="pairs asked of calculate_trace_filter_correlation per target (its time is per pair)")
+    parser.add_argument("--rebuild-facts", action="store_true",
+                        help="time building the dimension facts from nothing (default: bring them up to date)")
     args = parser.parse_args()
     args.data_dir.mkdir(parents=True, exist_ok=True)
     for size in args.sizes:
-        result = run(size, args.data_dir, args.repeats, args.max_pairs)
+        result = run(size, args.data_dir, args.repeats, args.max_pairs, args.rebuild_facts)
         (BENCH_DIR / "results" / f"insights-{size}.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2), flush=True)
 

@@ -283,6 +283,7 @@ MIGRATIONS: list[str] = [
     CREATE TABLE dimension_value_hours (
         experiment_id VARCHAR NOT NULL,
         hour_ms BIGINT NOT NULL,                  -- the UTC hour of the traces' time
+        evaluation BOOLEAN NOT NULL,              -- of evaluation traces, or of production traces
         value_id INTEGER NOT NULL,
         traces BIGINT NOT NULL                    -- how many of its traces have the value
     );

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import duckdb
 import mlflow
@@ -28,6 +30,7 @@ from assets.traces.extract import extract_traces
 from resources.trace_sources import SqlTrackingStore
 from tests.conftest import Store, send_json
 from tests.test_extract import assert_matches_mlflow
+from tests.test_insights_facts import insights_answers, refreshed
 from tests.test_mlflow_api import _every_request, _same
 
 USAGE = {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
@@ -175,8 +178,6 @@ def _evaluation(client) -> None:
 
 @pytest.fixture(scope="module")
 def autologged_store(empty_store_file, fake_openai: str, tmp_path_factory) -> Iterator[AutologgedStore]:
-    import shutil
-
     import openai
 
     path = tmp_path_factory.mktemp("autologged") / "mlflow.db"
@@ -307,3 +308,18 @@ def test_session_feedback_counts_for_every_trace_of_its_session(autologged_store
     result = WarehouseTraceStore(autologged_warehouse).calculate_trace_filter_correlation(
         [autologged_store.experiment_id], "feedback.session_resolved = 'false'", "metadata.`mlflow.trace.session` = 'session-1'")
     assert (result.filter1_count, result.joint_count, result.filter2_count) == (3, 3, 3)
+
+
+def test_insights_read_the_same_from_the_dimension_facts_on_autologged_traces(
+        autologged_store: AutologgedStore, autologged_warehouse: str, tmp_path: Path):
+    """Evaluation traces (mlflow.genai.evaluate), errored judges, session feedback, models and tool errors: the
+    dimension facts change no answer."""
+    path = str(tmp_path / "warehouse.duckdb")
+    shutil.copyfile(autologged_warehouse, path)
+    experiments = [autologged_store.experiment_id, autologged_store.eval_experiment_id]
+    targets = [{"name": "status", "parameters": {"value": "ERROR"}},
+               {"name": "assessment.user_thumbs", "parameters": {"value": False}},
+               {"name": "assessment.session_resolved", "parameters": {"value": False}}]
+    from_child_tables = insights_answers(path, experiments, targets)
+    refreshed(path)
+    assert insights_answers(path, experiments, targets) == from_child_tables

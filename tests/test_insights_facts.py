@@ -42,7 +42,7 @@ def assert_facts_are_the_child_tables(path: str) -> None:
             "SELECT count(DISTINCT value_id) = count(*) AND count(DISTINCT (name, value)) = count(*) "
             "FROM dimension_values").scalar()
         hours = conn.exec_driver_sql(f"""
-            SELECT t.experiment_id, t.timestamp_ms // {HOUR_MS} * {HOUR_MS}, f.value_id, count(*)
+            SELECT t.experiment_id, t.timestamp_ms // {HOUR_MS} * {HOUR_MS}, t.evaluation, f.value_id, count(*)
             FROM trace_dimension_values f JOIN traces t USING (trace_key) GROUP BY ALL""").all()
         assert set(conn.exec_driver_sql("SELECT * FROM dimension_value_hours").all()) == set(hours)
 
@@ -67,31 +67,36 @@ def test_facts_follow_new_changed_and_deleted_traces(store: Store, warehouse_pat
     assert_facts_are_the_child_tables(warehouse_path)
 
 
-def _answers(path: str, store: Store) -> list:
-    """What correlations, discovery and root causes answer over the warehouse at `path`."""
-    query = InsightsQuery(experiment_ids=[store.experiment_id])
+def insights_answers(path: str, experiment_ids: list[str], targets: list[dict]) -> list:
+    """What discovery, correlations (against each target) and root causes answer over the warehouse at `path`:
+    over all time, over whole hours (the hourly counts) and over a range cut inside hours (the facts), with and
+    without evaluation traces."""
+    hour = HOUR_MS
+    ranges = [{}, {"start_time": 0, "end_time": 2**40 // hour * hour - 1}, {"start_time": 1, "end_time": 2**52}]
+    found = []
     with sqlalchemy_engine(path).connect() as conn:
-        found = [dimensions_discovery(conn, query).model_dump()]
-        for target in ({"name": "status", "parameters": {"value": "ERROR"}},
-                       {"name": "assessment.user_thumbs", "parameters": {"value": False}},
-                       {"name": "tools.web.fetch", "parameters": {"value": "error"}}):
-            request = CorrelationsRequest(experiment_ids=[store.experiment_id], dimension=target, limit=None)
-            found.append(correlations(conn, request).model_dump())
-            ranged = request.model_copy(update={"start_time": 1, "end_time": 2**52})
-            found.append(correlations(conn, ranged).model_dump())
-        every = Population(experiment_ids=[store.experiment_id], include_evaluations=True)
-        targets = outcomes(conn, every, OutcomeRules())
-        found += [ranked.model_dump() for ranked in rank_against(conn, every, targets)]
-    return found
+        for time_range in ranges:
+            found.append(dimensions_discovery(conn, InsightsQuery(experiment_ids=experiment_ids, **time_range)))
+            for target, evaluations in ((target, evaluations) for target in targets for evaluations in (False, True)):
+                found.append(correlations(conn, CorrelationsRequest(
+                    experiment_ids=experiment_ids, dimension=target, limit=None, include_evaluations=evaluations,
+                    **time_range)))
+        for evaluations in (False, True):
+            every = Population(experiment_ids=experiment_ids, include_evaluations=evaluations)
+            found += rank_against(conn, every, outcomes(conn, every, OutcomeRules()))
+    return [answer.model_dump() for answer in found]
 
 
 def test_every_insight_reads_the_same_from_the_facts_as_from_the_child_tables(store: Store, warehouse_path: str):
     mlflow.log_feedback(trace_id=store.trace_ids[3], name="user_thumbs", value=False,
                         source=AssessmentSource(AssessmentSourceType.HUMAN, "u"))
     extract_traces(SqlTrackingStore(store.uri), warehouse_path)
-    from_child_tables = _answers(warehouse_path, store)
+    targets = [{"name": "status", "parameters": {"value": "ERROR"}},
+               {"name": "assessment.user_thumbs", "parameters": {"value": False}},
+               {"name": "tools.web.fetch", "parameters": {"value": "error"}}]
+    from_child_tables = insights_answers(warehouse_path, [store.experiment_id], targets)
     refreshed(warehouse_path)
-    assert _answers(warehouse_path, store) == from_child_tables
+    assert insights_answers(warehouse_path, [store.experiment_id], targets) == from_child_tables
 
 
 @pytest.mark.parametrize("stale", [False, True], ids=["facts current", "facts behind the extract"])

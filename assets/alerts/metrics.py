@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 import sqlalchemy as sa
 
 from assets.insights.queries import ASSESSMENTS, TRACES
-from assets.insights.registry import AssessmentKind, Dimension, production, trace_keys
+from assets.insights.registry import AssessmentKind, Dimension, production, selects
 
 if TYPE_CHECKING:
     from assets.alerts.rules import AlertRule
@@ -83,7 +83,7 @@ METRICS: dict[str, AlertMetric] = {metric.name: metric for metric in (
                 shown=lambda v: f"{v:,.0f} tokens"),
     AlertMetric(name="feedback_rate", description="Of the window's traces with feedback `feedback`, the share "
                 "whose value is `value` (e.g. user_thumbs = false).", source="traces",
-                aggregate=lambda rule: _share(TRACES.c.trace_key.in_(trace_keys(_feedback_outcome(rule)))),
+                aggregate=lambda rule: _share(selects(_feedback_outcome(rule))),
                 min_count=5, shown=_percent, outcome=lambda rule, _threshold: _feedback_outcome(rule),
                 needs_feedback=True),
     AlertMetric(name="endpoint_failure_rate", description="The share of the window's health checks that found "

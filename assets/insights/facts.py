@@ -28,7 +28,7 @@ HOUR_MS = 3_600_000
 STATE = sa.table("_dimension_facts_state", sa.column("covered_key"), sa.column("covered_traces"))
 NEW_FACTS = sa.table("_new_facts", sa.column("trace_key"), sa.column("value_id"))  # a refresh's, before insertion
 VALUE_HOURS = sa.table("dimension_value_hours", sa.column("experiment_id"), sa.column("hour_ms"),
-                       sa.column("value_id"), sa.column("traces"))
+                       sa.column("evaluation"), sa.column("value_id"), sa.column("traces"))
 
 
 @dataclass(frozen=True)
@@ -102,10 +102,10 @@ def refresh_facts(conn: sa.Connection) -> FactsRefresh:
     size = sa.literal_column(str(HOUR_MS))  # not a parameter: SELECT and GROUP BY must be the same expression
     hour = (sa.cast(sa.func.floor(TRACES.c.timestamp_ms / size), sa.BigInteger) * size).label("hour_ms")
     conn.execute(VALUE_HOURS.insert().from_select(
-        ["experiment_id", "hour_ms", "value_id", "traces"],
-        sa.select(TRACES.c.experiment_id, hour, every_fact.c.value_id, sa.func.count())
+        ["experiment_id", "hour_ms", "evaluation", "value_id", "traces"],
+        sa.select(TRACES.c.experiment_id, hour, TRACES.c.evaluation, every_fact.c.value_id, sa.func.count())
         .select_from(every_fact.join(TRACES, TRACES.c.trace_key == every_fact.c.trace_key))
-        .group_by(TRACES.c.experiment_id, hour, every_fact.c.value_id)))
+        .group_by(TRACES.c.experiment_id, hour, TRACES.c.evaluation, every_fact.c.value_id)))
     conn.execute(TRACE_DIMENSION_VALUES.insert().from_select(["trace_key", "value_id"], sa.select(NEW_FACTS)))
     conn.exec_driver_sql("DROP TABLE _new_facts")
     # Which values are offered depends on every trace (e.g. a span name used below the root): decided again.
@@ -132,18 +132,29 @@ def _hours(query: InsightsQuery) -> tuple[tuple[int | None, int | None] | None, 
     return (first, last), edges
 
 
+def _in_hours(query: InsightsQuery, first: int | None, last: int | None) -> list[sa.ColumnElement[bool]]:
+    return [VALUE_HOURS.c.experiment_id.in_(query.experiment_ids),
+            *([] if first is None else [VALUE_HOURS.c.hour_ms >= first]),
+            *([] if last is None else [VALUE_HOURS.c.hour_ms <= last])]
+
+
+def hourly_counts(query: InsightsQuery, production_only: bool) -> sa.Select | None:
+    """(value_id, n): how many traces of the query's experiments and times have each stored value, from the hourly
+    counts; None unless the time range is made of whole UTC hours (or open)."""
+    whole, edges = _hours(query)
+    if whole is None or edges:
+        return None
+    return (sa.select(VALUE_HOURS.c.value_id, sa.func.sum(VALUE_HOURS.c.traces).label("n"))
+            .where(*_in_hours(query, *whole), *([sa.not_(VALUE_HOURS.c.evaluation)] if production_only else []))
+            .group_by(VALUE_HOURS.c.value_id))
+
+
 def present_values(conn: sa.Connection, query: InsightsQuery) -> dict[str, list[str]]:
     """Each stored dimension name → its offered values that some trace of the query's experiments and times has
     (evaluation traces included, as discovery counts), sorted; read from the hourly counts, and from the facts
     of the traces in the parts of hours at the range's ends."""
     whole, edges = _hours(query)
-    present = []
-    if whole is not None:
-        first, last = whole
-        present.append(sa.select(VALUE_HOURS.c.value_id).where(
-            VALUE_HOURS.c.experiment_id.in_(query.experiment_ids),
-            *([] if first is None else [VALUE_HOURS.c.hour_ms >= first]),
-            *([] if last is None else [VALUE_HOURS.c.hour_ms <= last])))
+    present = [] if whole is None else [sa.select(VALUE_HOURS.c.value_id).where(*_in_hours(query, *whole))]
     if edges:
         in_edges = sa.select(TRACES.c.trace_key).where(
             TRACES.c.experiment_id.in_(query.experiment_ids),

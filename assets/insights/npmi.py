@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from pydantic import BaseModel
 
-from assets.insights.queries import TRACES, InsightsQuery
+from assets.insights.queries import InsightsQuery
 # Re-exported: the API, the feedback linker and the benchmarks import these from here.
 from assets.insights.registry import Dimension as Dimension
 from assets.insights.registry import DimensionError as DimensionError
 from assets.insights.registry import mlflow_filter_string as mlflow_filter_string
 from assets.insights.registry import mlflow_literal as mlflow_literal
-from assets.insights.registry import population, trace_keys
+from assets.insights.registry import population, selects
 
 SMOOTHING = 0.5  # Jeffreys prior, as MLflow
 
@@ -44,8 +44,8 @@ class NpmiResult(BaseModel):
 def count(conn: sa.Connection, query: InsightsQuery, first: Dimension, second: Dimension) -> Counts:
     # Each trace's two memberships once, as columns: used twice in the counts below, an IN would be evaluated (its
     # subquery scanned and joined) once per use.
-    flags = sa.select(TRACES.c.trace_key.in_(trace_keys(first)).label("first"),
-                      TRACES.c.trace_key.in_(trace_keys(second)).label("second")).where(*population(query)).subquery()
+    flags = sa.select(selects(first).label("first"),
+                      selects(second).label("second")).where(*population(query)).subquery()
     row = conn.execute(
         sa.select(
             sa.func.count(),

@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
 from assets.insights.breakdowns import TEXT_VALUE, AssessmentInfo, assessments_discovery
-from assets.insights.queries import ASSESSMENTS, TRACES, VALID_FEEDBACK, InsightsQuery, population_filter
-from assets.insights.registry import Dimension, population, trace_keys
+from assets.insights.queries import ASSESSMENTS, VALID_FEEDBACK, InsightsQuery, population_filter
+from assets.insights.registry import Dimension, population, selects
 from assets.yaml_files import InvalidFilesError, Problem, read_model
 from resources import settings
 
@@ -105,7 +105,7 @@ def outcomes(conn: sa.Connection, query: InsightsQuery, rules: OutcomeRules) -> 
                       for value in _spelled(conn, query, feedback, declared.bad_values())]
     if not found:
         return found
-    counts = conn.execute(sa.select(*(sa.func.count().filter(TRACES.c.trace_key.in_(trace_keys(outcome)))
+    counts = conn.execute(sa.select(*(sa.func.count().filter(selects(outcome))
                                       for outcome in found)).where(*population(query))).one()
     return [outcome for outcome, count in zip(found, counts) if count]
 

@@ -251,6 +251,10 @@ class Kind:
         population)."""
         raise NotImplementedError
 
+    def selects(self, dimension: Dimension, key: str | None) -> sa.ColumnElement[bool]:
+        """The same traces as a condition on their `traces` row."""
+        return TRACES.c.trace_key.in_(self.trace_keys(dimension, key))
+
     def mlflow_filter(self, dimension: Dimension, key: str | None) -> str | None:
         """MLflow's search_traces filter for the same traces, None where its syntax cannot say it."""
         return None
@@ -310,8 +314,14 @@ class ValueKind(Kind):
         return [*self.where, *([self.key_column == key] if self.family else [])]
 
     def trace_keys(self, dimension: Dimension, key: str | None) -> sa.Select:
-        value = value_text(_param(dimension, "value"))
-        return sa.select(self.column.table.c.trace_key).where(*self._matching(key), self.column == value)
+        return sa.select(self.column.table.c.trace_key).where(self._equal(dimension, key))
+
+    def _equal(self, dimension: Dimension, key: str | None) -> sa.ColumnElement[bool]:
+        return sa.and_(*self._matching(key), self.column == value_text(_param(dimension, "value")))
+
+    def selects(self, dimension: Dimension, key: str | None) -> sa.ColumnElement[bool]:
+        # A value of the trace's own row (status, name, user) is compared there: no semi join.
+        return self._equal(dimension, key) if self.column.table is TRACES else super().selects(dimension, key)
 
     def mlflow_filter(self, dimension: Dimension, key: str | None) -> str | None:
         return self.mlflow(key, value_text(_param(dimension, "value"))) if self.mlflow else None
@@ -383,6 +393,9 @@ class ThresholdKind(Kind):
 
     def trace_keys(self, dimension: Dimension, key: str | None) -> sa.Select:
         return sa.select(self.column.table.c.trace_key).where(_compare(dimension, self.column))
+
+    def selects(self, dimension: Dimension, key: str | None) -> sa.ColumnElement[bool]:
+        return _compare(dimension, self.column) if self.column.table is TRACES else super().selects(dimension, key)
 
     def mlflow_filter(self, dimension: Dimension, key: str | None) -> str | None:
         return f"{self.mlflow_column} {_operator(dimension)} {threshold(dimension)!r}"
@@ -575,8 +588,7 @@ class SessionKind(Kind):
         return Dimension(name=name, parameters=parameters)
 
     def trace_keys(self, dimension: Dimension, key: str | None) -> sa.Select:
-        sessions = sa.select(TRACES.c.session_id).where(TRACES.c.trace_key.in_(trace_keys(self.inner(dimension))),
-                                                        TRACES.c.session_id.is_not(None))
+        sessions = sa.select(TRACES.c.session_id).where(selects(self.inner(dimension)), TRACES.c.session_id.is_not(None))
         return sa.select(TRACES.c.trace_key).where(TRACES.c.session_id.in_(sessions))
 
     def words(self, dimension: Dimension, key: str | None) -> str:
@@ -603,7 +615,7 @@ class SessionKind(Kind):
         for outcome in outcomes:
             dimension = Dimension(name=self.name, parameters={"outcome": outcome.name, **outcome.parameters})
             found.append(TraceCondition(self.name, self.words(dimension, None),
-                                        TRACES.c.trace_key.in_(self.trace_keys(dimension, None)),
+                                        self.selects(dimension, None),
                                         dict(dimension.parameters)))
         return found
 
@@ -670,6 +682,13 @@ def trace_keys(dimension: Dimension) -> sa.Select | sa.CompoundSelect:
     by the caller)."""
     kind, key = kind_of(dimension.name)
     return kind.trace_keys(dimension, key)
+
+
+def selects(dimension: Dimension) -> sa.ColumnElement[bool]:
+    """The traces a dimension selects, as a condition on `traces` rows: a comparison for the trace's own values,
+    `trace_key IN (…)` for the others."""
+    kind, key = kind_of(dimension.name)
+    return kind.selects(dimension, key)
 
 
 def mlflow_filter_string(dimension: Dimension) -> str | None:
