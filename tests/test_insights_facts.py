@@ -1,5 +1,6 @@
-"""The dimension facts (assets/insights/facts.py) on real warehouses: they hold exactly what the child tables say
-after every kind of change the extract makes, and every insight reads the same from them as without them."""
+"""The insights' derived tables on real warehouses: the dimension facts (assets/insights/facts.py) hold exactly what
+the child tables say after every kind of change the extract makes, and every insight reads the same from them and
+from the hourly rollups as from the tables themselves."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from assets.insights.dimensions import CorrelationsRequest, correlations, dimens
 from assets.insights.facts import HOUR_MS, facts_current, refresh_facts
 from assets.insights.npmi import Dimension, calculate_npmi
 from assets.insights.outcomes import OutcomeRules, outcomes
-from assets.insights.queries import InsightsQuery
+from assets.insights.breakdowns import TagQuery, tag_metrics, tags_discovery, tools_discovery
+from assets.insights.queries import InsightsQuery, TimeBucket
+from assets.insights.rollups import write_rollups
 from assets.insights.registry import Population
 from assets.traces.extract import extract_traces
 from resources.agent.traffic import seed_demo
@@ -24,7 +27,9 @@ from tests.conftest import Store
 
 
 def refreshed(path: str):
+    """The insights' derived tables brought up to date: the dimension facts (returned) and the hourly rollups."""
     with sqlalchemy_engine(path, read_only=False).begin() as conn:
+        write_rollups(conn)
         return refresh_facts(conn)
 
 
@@ -68,15 +73,20 @@ def test_facts_follow_new_changed_and_deleted_traces(store: Store, warehouse_pat
 
 
 def insights_answers(path: str, experiment_ids: list[str], targets: list[dict]) -> list:
-    """What discovery, correlations (against each target) and root causes answer over the warehouse at `path`:
+    """What discovery, correlations (against each target), root causes, tool and tag discovery and tag metrics
+    (every key, each bucket size) answer over the warehouse at `path`:
     over all time, over whole hours (the hourly counts) and over a range cut inside hours (the facts), with and
     without evaluation traces."""
     hour = HOUR_MS
     ranges = [{}, {"start_time": 0, "end_time": 2**40 // hour * hour - 1}, {"start_time": 1, "end_time": 2**52}]
     found = []
     with sqlalchemy_engine(path).connect() as conn:
+        keys = [key for (key,) in conn.exec_driver_sql("SELECT DISTINCT key FROM trace_tags ORDER BY 1")]
         for time_range in ranges:
-            found.append(dimensions_discovery(conn, InsightsQuery(experiment_ids=experiment_ids, **time_range)))
+            query = InsightsQuery(experiment_ids=experiment_ids, **time_range)
+            found += [dimensions_discovery(conn, query), tools_discovery(conn, query), tags_discovery(conn, query)]
+            found += [tag_metrics(conn, TagQuery(**{**query.model_dump(), "time_bucket": bucket}, tag_key=key, limit=2))
+                      for key in keys for bucket in TimeBucket]
             for target, evaluations in ((target, evaluations) for target in targets for evaluations in (False, True)):
                 found.append(correlations(conn, CorrelationsRequest(
                     experiment_ids=experiment_ids, dimension=target, limit=None, include_evaluations=evaluations,

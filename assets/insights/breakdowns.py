@@ -23,6 +23,7 @@ from assets.insights.queries import (
     latency_measures,
     percentiles,
     population_filter,
+    rollup_hours,
     summary_and_series,
 )
 
@@ -31,6 +32,11 @@ TOOL_SPAN = SPANS.c.span_type == "TOOL"
 USER_TAG = sa.not_(TAGS.c.key.startswith("mlflow."))
 # A string view of any assessment value, for string (and JSON) assessments.
 TEXT_VALUE = sa.func.coalesce(ASSESSMENTS.c.string_value, ASSESSMENTS.c.value_json)
+# Hourly rollups (assets/insights/rollups.py) whose sums answer whole hours exactly while they are current.
+TOOLS_HOURLY = sa.table("insights_tools_hourly", sa.column("experiment_id"), sa.column("time_bucket"),
+                        sa.column("tool_name"), sa.column("calls"), sa.column("error_count"))
+TAGS_HOURLY = sa.table("insights_tags_hourly", sa.column("experiment_id"), sa.column("time_bucket"), sa.column("key"),
+                       sa.column("value"), sa.column("trace_count"))
 
 
 class AssessmentQuery(InsightsQuery):
@@ -195,12 +201,16 @@ class ToolMetricsResponse(BaseModel):
 
 
 def tools_discovery(conn: sa.Connection, query: InsightsQuery) -> ToolDiscoveryResponse:
-    rows = conn.execute(
-        sa.select(
-            SPANS.c.name, sa.func.count().label("calls"), sa.func.count().filter(SPANS.c.status == "ERROR").label("error_count"),
-        ).select_from(SPANS).where(*population_filter(query, SPANS), TOOL_SPAN)
-        .group_by(SPANS.c.name).order_by(sa.desc("calls"), SPANS.c.name)
-    ).mappings().all()
+    if (hours := rollup_hours(conn, query, TOOLS_HOURLY)) is not None:
+        name = TOOLS_HOURLY.c.tool_name.label("name")
+        counts = sa.select(name, sa.func.sum(TOOLS_HOURLY.c.calls).label("calls"),
+                           sa.func.sum(TOOLS_HOURLY.c.error_count).label("error_count")).where(*hours).group_by(name)
+    else:
+        name = SPANS.c.name
+        counts = (sa.select(name, sa.func.count().label("calls"),
+                            sa.func.count().filter(SPANS.c.status == "ERROR").label("error_count"))
+                  .where(*population_filter(query, SPANS), TOOL_SPAN).group_by(name))
+    rows = conn.execute(counts.order_by(sa.desc("calls"), name)).mappings().all()
     return ToolDiscoveryResponse(data=[ToolInfo(**row) for row in rows])
 
 
@@ -254,16 +264,53 @@ class TagMetricsResponse(BaseModel):
 
 
 def tags_discovery(conn: sa.Connection, query: InsightsQuery) -> TagDiscoveryResponse:
+    if (hours := rollup_hours(conn, query, TAGS_HOURLY)) is not None:
+        key, value, traces = TAGS_HOURLY.c.key, TAGS_HOURLY.c.value, sa.func.sum(TAGS_HOURLY.c.trace_count)
+        where = hours
+    else:
+        key, value, traces = TAGS.c.key, TAGS.c.value, sa.func.count()
+        where = [*population_filter(query, TAGS), USER_TAG]
     rows = conn.execute(
-        sa.select(
-            TAGS.c.key, sa.func.count().label("trace_count"), sa.func.count(sa.distinct(TAGS.c.value)).label("distinct_values"),
-        ).select_from(TAGS).where(*population_filter(query, TAGS), USER_TAG)
-        .group_by(TAGS.c.key).order_by(sa.desc("trace_count"), TAGS.c.key)
+        sa.select(key, traces.label("trace_count"), sa.func.count(sa.distinct(value)).label("distinct_values"))
+        .where(*where).group_by(key).order_by(sa.desc("trace_count"), key)
     ).mappings().all()
     return TagDiscoveryResponse(data=[TagInfo(**row) for row in rows])
 
 
+def _tag_metrics_from_rollup(conn: sa.Connection, query: TagQuery,
+                             hours: list[sa.ColumnElement[bool]]) -> TagMetricsResponse:
+    """tag_metrics summed from the hourly rollup: each value's count per bucket, ranked here."""
+    size = sa.literal_column(str(query.time_bucket.milliseconds))  # SELECT and GROUP BY: the same expression
+    bucket = (sa.cast(sa.func.floor(TAGS_HOURLY.c.time_bucket / size), sa.BigInteger) * size).label("time_bucket")
+    per_bucket: dict[int, dict[str, int]] = {}
+    for time_bucket, value, count in conn.execute(
+            sa.select(bucket, TAGS_HOURLY.c.value, sa.func.sum(TAGS_HOURLY.c.trace_count))
+            .where(*hours, TAGS_HOURLY.c.key == query.tag_key).group_by(bucket, TAGS_HOURLY.c.value)):
+        per_bucket.setdefault(time_bucket, {})[value] = int(count)
+    every: dict[str, int] = {}
+    for counts in per_bucket.values():
+        for value, count in counts.items():
+            every[value] = every.get(value, 0) + count
+
+    def top(counts: dict[str, int]) -> list[ValueCount]:
+        # as the SQL ranking: most frequent first, then by value (byte order; NULL last)
+        ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0] is None, item[0] or ""))
+        return [ValueCount(value=value, count=count) for value, count in ordered[: query.limit]]
+
+    return TagMetricsResponse(
+        tag_key=query.tag_key,
+        summary=TagStats(trace_count=sum(every.values()), distinct_values=sum(v is not None for v in every),
+                         values=top(every)),
+        time_series=[TagPoint(time_bucket=b, trace_count=sum(per_bucket[b].values()), values=top(per_bucket[b]))
+                     for b in sorted(per_bucket)],
+    )
+
+
 def tag_metrics(conn: sa.Connection, query: TagQuery) -> TagMetricsResponse:
+    # The rollup holds the user tags only (not MLflow's own `mlflow.*`).
+    if not query.tag_key.startswith("mlflow.") and (hours := rollup_hours(conn, query, TAGS_HOURLY)) is not None:
+        return _tag_metrics_from_rollup(conn, query, hours)
+
     def ranked(bucket: sa.ColumnElement | None) -> list:
         """The `limit` most frequent values, per bucket when one is given."""
         group = [bucket] if bucket is not None else []

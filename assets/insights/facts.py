@@ -22,9 +22,16 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from assets.insights import registry
-from assets.insights.queries import DIMENSION_VALUES, TRACE_DIMENSION_VALUES, TRACES, InsightsQuery
+from assets.insights.queries import (
+    DIMENSION_VALUES,
+    HOUR_MS,
+    TRACE_DIMENSION_VALUES,
+    TRACES,
+    InsightsQuery,
+    hour_split,
+    traces_version,
+)
 
-HOUR_MS = 3_600_000
 STATE = sa.table("_dimension_facts_state", sa.column("covered_key"), sa.column("covered_traces"))
 NEW_FACTS = sa.table("_new_facts", sa.column("trace_key"), sa.column("value_id"))  # a refresh's, before insertion
 VALUE_HOURS = sa.table("dimension_value_hours", sa.column("experiment_id"), sa.column("hour_ms"),
@@ -40,20 +47,13 @@ class FactsRefresh:
     facts: int  # rows in all
 
 
-def _version(conn: sa.Connection) -> tuple[int, int]:
-    """(highest trace key, number of traces): every extract that changes anything changes it (a trace copied
-    again gets a new, higher key; a deleted one lowers the count)."""
-    key, count = conn.execute(sa.select(sa.func.coalesce(sa.func.max(TRACES.c.trace_key), 0), sa.func.count())).one()
-    return key, count
-
-
 def _covered(conn: sa.Connection) -> tuple[int, int]:
     return conn.execute(sa.select(STATE.c.covered_key, STATE.c.covered_traces)).one_or_none() or (0, 0)
 
 
 def facts_current(conn: sa.Connection) -> bool:
     """Whether the facts describe the warehouse's traces as they are now."""
-    return _covered(conn) == _version(conn)
+    return _covered(conn) == traces_version(conn)
 
 
 def _inlined(statement: sa.Select, conn: sa.Connection) -> str:
@@ -64,7 +64,7 @@ def _inlined(statement: sa.Select, conn: sa.Connection) -> str:
 def refresh_facts(conn: sa.Connection) -> FactsRefresh:
     """Bring the facts up to date with the warehouse's traces (inside the caller's transaction)."""
     covered_key, covered_traces = _covered(conn)
-    key, count = _version(conn)
+    key, count = traces_version(conn)
     def fact_count() -> int:  # (DuckDB's driver reports no rowcount)
         return conn.execute(sa.select(sa.func.count()).select_from(TRACE_DIMENSION_VALUES)).scalar()
 
@@ -118,20 +118,6 @@ def refresh_facts(conn: sa.Connection) -> FactsRefresh:
                         values=values, facts=facts)
 
 
-def _hours(query: InsightsQuery) -> tuple[tuple[int | None, int | None] | None, list[tuple[int, int]]]:
-    """The query's time range as (first, last) whole UTC hours wholly inside it (None: no such hour), and the
-    parts of hours at its ends (inclusive ms ranges)."""
-    start, end = query.start_time, query.end_time
-    first = None if start is None else -(-start // HOUR_MS) * HOUR_MS
-    last = None if end is None else (end + 1) // HOUR_MS * HOUR_MS - HOUR_MS
-    if first is not None and last is not None and first > last:
-        return None, [(start, end)]
-    edges = [(start, first - 1)] if start is not None and first != start else []
-    if end is not None and last + HOUR_MS - 1 != end:
-        edges.append((last + HOUR_MS, end))
-    return (first, last), edges
-
-
 def _in_hours(query: InsightsQuery, first: int | None, last: int | None) -> list[sa.ColumnElement[bool]]:
     return [VALUE_HOURS.c.experiment_id.in_(query.experiment_ids),
             *([] if first is None else [VALUE_HOURS.c.hour_ms >= first]),
@@ -141,7 +127,7 @@ def _in_hours(query: InsightsQuery, first: int | None, last: int | None) -> list
 def hourly_counts(query: InsightsQuery, production_only: bool) -> sa.Select | None:
     """(value_id, n): how many traces of the query's experiments and times have each stored value, from the hourly
     counts; None unless the time range is made of whole UTC hours (or open)."""
-    whole, edges = _hours(query)
+    whole, edges = hour_split(query)
     if whole is None or edges:
         return None
     return (sa.select(VALUE_HOURS.c.value_id, sa.func.sum(VALUE_HOURS.c.traces).label("n"))
@@ -153,7 +139,7 @@ def present_values(conn: sa.Connection, query: InsightsQuery) -> dict[str, list[
     """Each stored dimension name → its offered values that some trace of the query's experiments and times has
     (evaluation traces included, as discovery counts), sorted; read from the hourly counts, and from the facts
     of the traces in the parts of hours at the range's ends."""
-    whole, edges = _hours(query)
+    whole, edges = hour_split(query)
     present = [] if whole is None else [sa.select(VALUE_HOURS.c.value_id).where(*_in_hours(query, *whole))]
     if edges:
         in_edges = sa.select(TRACES.c.trace_key).where(

@@ -149,6 +149,51 @@ class TokenResponse(BaseModel):
     time_series: list[TokenPoint]
 
 
+HOUR_MS = 3_600_000
+
+
+def traces_version(conn: sa.Connection) -> tuple[int, int]:
+    """(highest trace key, number of traces): every extract that changes anything changes it (a trace copied
+    again gets a new, higher key; a deleted one lowers the count). Tables derived from the traces (dimension facts,
+    rollups) record the version they describe, and are read only while it is the warehouse's."""
+    key, count = conn.execute(sa.select(sa.func.coalesce(sa.func.max(TRACES.c.trace_key), 0), sa.func.count())).one()
+    return key, count
+
+
+def hour_split(query: InsightsQuery) -> tuple[tuple[int | None, int | None] | None, list[tuple[int, int]]]:
+    """The query's time range as (first, last) whole UTC hours wholly inside it (None: no such hour; None ends: open),
+    and the parts of hours at its ends (inclusive ms ranges)."""
+    start, end = query.start_time, query.end_time
+    first = None if start is None else -(-start // HOUR_MS) * HOUR_MS
+    last = None if end is None else (end + 1) // HOUR_MS * HOUR_MS - HOUR_MS
+    if first is not None and last is not None and first > last:
+        return None, [(start, end)]
+    edges = [(start, first - 1)] if start is not None and first != start else []
+    if end is not None and last + HOUR_MS - 1 != end:
+        edges.append((last + HOUR_MS, end))
+    return (first, last), edges
+
+
+# Which warehouse version (`traces_version`) the hourly rollups (assets/insights/rollups.py) describe.
+ROLLUPS_STATE = sa.table("_insights_rollups_state", sa.column("covered_key"), sa.column("covered_traces"))
+
+
+def rollup_hours(conn: sa.Connection, query: InsightsQuery, rollup: sa.TableClause) -> list[sa.ColumnElement[bool]] | None:
+    """The rows of an hourly rollup table (`experiment_id`, `time_bucket`: the hour) that make up the query's
+    experiments and times, when its range is whole UTC hours and the rollups describe the warehouse as it is;
+    None otherwise (then read the tables themselves)."""
+    whole, edges = hour_split(query)
+    if whole is None or edges or not has_table(conn, ROLLUPS_STATE.name):
+        return None
+    if conn.execute(sa.select(ROLLUPS_STATE.c.covered_key, ROLLUPS_STATE.c.covered_traces)).one_or_none() \
+            != traces_version(conn):
+        return None
+    first, last = whole
+    return [rollup.c.experiment_id.in_(query.experiment_ids),
+            *([] if first is None else [rollup.c.time_bucket >= first]),
+            *([] if last is None else [rollup.c.time_bucket <= last])]
+
+
 def trace_time(table: sa.TableClause = TRACES) -> sa.ColumnElement[int]:
     """The trace's time (epoch ms) as seen from `table`."""
     return table.c.timestamp_ms if table is TRACES else table.c.trace_timestamp_ms

@@ -19,6 +19,7 @@ from assets.insights.dimensions import CorrelationsResponse, rank_against
 from assets.insights.outcomes import OutcomeRules, outcomes
 from assets.insights.queries import (
     ASSESSMENTS,
+    ROLLUPS_STATE,
     SPANS,
     TAGS,
     TRACES,
@@ -28,6 +29,7 @@ from assets.insights.queries import (
     latency_measures,
     percentiles,
     token_measures,
+    traces_version,
     volume_measures,
 )
 from assets.insights.registry import Dimension, Population
@@ -70,13 +72,17 @@ def rollup_queries() -> dict[str, sa.Select]:
 
 
 def write_rollups(conn: sa.Connection) -> dict[str, int]:
-    """Rebuild every rollup table (inside the caller's transaction); rows per table."""
+    """Rebuild every rollup table (inside the caller's transaction), and record which warehouse version they
+    describe (the API answers whole hours from them while it is the warehouse's); rows per table."""
     rows = {}
     for table, query in rollup_queries().items():
         # Our own queries with no user input in them: their few constants are inlined for CREATE TABLE AS.
         sql = query.compile(conn, compile_kwargs={"literal_binds": True})
         conn.exec_driver_sql(f"CREATE OR REPLACE TABLE {table} AS {sql}")
         rows[table] = conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar()
+    key, count = traces_version(conn)
+    conn.exec_driver_sql(f"CREATE OR REPLACE TABLE {ROLLUPS_STATE.name} AS SELECT {int(key)} AS covered_key, "
+                         f"{int(count)} AS covered_traces")
     return rows
 
 
