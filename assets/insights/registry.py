@@ -494,14 +494,16 @@ class AssessmentKind(Kind):
     numeric_quantile: float
 
     @staticmethod
-    def about(columns: list[sa.ColumnElement], *where: sa.ColumnElement[bool]) -> sa.CompoundSelect:
+    def about(columns: list[sa.ColumnElement], *where: sa.ColumnElement[bool],
+              distinct: bool = True) -> sa.CompoundSelect:
         """(trace_key, *columns) of the valid feedback matching `where`, for each trace it is about: the trace it
         is logged on and, for feedback on a whole conversation (its metadata names the session, MLflow's
-        session-scoped assessments), every trace of that session in its experiment, as MLflow's search counts it."""
+        session-scoped assessments), every trace of that session in its experiment, as MLflow's search counts it.
+        Not `distinct`: a row may repeat (enough for `IN`, and no hash of every row)."""
         logged_on, about = TRACES.alias("logged_on"), TRACES.alias("about")
         session = sa.and_(about.c.experiment_id == logged_on.c.experiment_id,
                           about.c.session_id == logged_on.c.session_id)
-        return sa.union(
+        return (sa.union if distinct else sa.union_all)(
             sa.select(ASSESSMENTS.c.trace_key.label("trace_key"), *columns).where(VALID_FEEDBACK, *where),
             sa.select(about.c.trace_key, *columns)
             .select_from(ASSESSMENTS.join(logged_on, logged_on.c.trace_key == ASSESSMENTS.c.trace_key).join(about, session))
@@ -513,7 +515,7 @@ class AssessmentKind(Kind):
             condition = _compare(dimension, ASSESSMENTS.c.numeric_value)
         else:
             condition = _feedback_value(_param(dimension, "value"))
-        return self.about([], ASSESSMENTS.c.name == key, condition)
+        return self.about([], ASSESSMENTS.c.name == key, condition, distinct=False)
 
     def mlflow_filter(self, dimension: Dimension, key: str | None) -> str | None:
         if (name := _key(key)) is None:
