@@ -5,8 +5,9 @@ metadata rows per request.
 
 - `dimension_values` numbers each (name, value) once (a number is never reused) and says whether it is offered as
   a candidate;
-- `trace_dimension_values` has a row (trace_key, value_id) per trace and value, in key (so time) order;
-- `dimension_value_hours` counts, per experiment, UTC hour and value, the traces that have it (discovery);
+- `trace_dimension_values` has a row (trace_key, value_id) per trace and value;
+- `dimension_value_hours` counts, per experiment, UTC hour, evaluation or production and value, the traces that
+  have it (discovery, and correlations over whole hours);
 - `_dimension_facts_state` names the warehouse version they describe: its highest trace key and its trace count.
 
 The `dimension_facts` asset brings them up to date after each extract (`refresh_facts`): it adds the facts of the
@@ -65,6 +66,7 @@ def refresh_facts(conn: sa.Connection) -> FactsRefresh:
     """Bring the facts up to date with the warehouse's traces (inside the caller's transaction)."""
     covered_key, covered_traces = _covered(conn)
     key, count = traces_version(conn)
+
     def fact_count() -> int:  # (DuckDB's driver reports no rowcount)
         return conn.execute(sa.select(sa.func.count()).select_from(TRACE_DIMENSION_VALUES)).scalar()
 

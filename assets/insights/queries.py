@@ -63,9 +63,9 @@ def known_experiments(conn: sa.Connection, experiment_ids: list[str]) -> set[str
     if not has_table(conn, "experiments"):
         return known(TRACES)
     found = known(EXPERIMENTS)
-    if len(found) == len(set(experiment_ids)) or conn.execute(sa.select(sa.func.count()).select_from(EXPERIMENTS)).scalar():
+    if len(found) == len(set(experiment_ids)):
         return found
-    return known(TRACES)
+    return found if conn.execute(sa.select(sa.func.count()).select_from(EXPERIMENTS)).scalar() else known(TRACES)
 
 
 class TimeBucket(str, Enum):
@@ -183,7 +183,8 @@ def hour_split(query: InsightsQuery) -> tuple[tuple[int | None, int | None] | No
 ROLLUPS_STATE = sa.table("_insights_rollups_state", sa.column("covered_key"), sa.column("covered_traces"))
 
 
-def rollup_hours(conn: sa.Connection, query: InsightsQuery, rollup: sa.TableClause) -> list[sa.ColumnElement[bool]] | None:
+def rollup_hours(conn: sa.Connection, query: InsightsQuery,
+                 rollup: sa.TableClause) -> list[sa.ColumnElement[bool]] | None:
     """The rows of an hourly rollup table (`experiment_id`, `time_bucket`: the hour) that make up the query's
     experiments and times, when its range is whole UTC hours and the rollups describe the warehouse as it is;
     None otherwise (then read the tables themselves)."""

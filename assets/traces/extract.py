@@ -81,8 +81,7 @@ def fingerprint_sql(rel: Callable[[str], str]) -> str:
 
 def written_sql(rel: Callable[[str], str], first_key: int) -> str:
     """The traces a run writes, each numbered with its key (traces.trace_key, from `first_key` on, in time order:
-    keys say which traces the dimension facts have not seen yet, and facts kept in key order are in time order)
-    and with what its child rows carry of it."""
+    keys say which traces the dimension facts have not seen yet) and with what its child rows carry of it."""
     return f"""
         SELECT request_id AS trace_id, CAST(experiment_id AS VARCHAR) AS experiment_id, timestamp_ms,
                {first_key} - 1 + row_number() OVER (ORDER BY timestamp_ms, request_id) AS trace_key
@@ -91,8 +90,8 @@ def written_sql(rel: Callable[[str], str], first_key: int) -> str:
 
 def contract_sql(rel: Callable[[str], str], written: str) -> dict[str, str]:
     """One SELECT per warehouse table, from relations shaped like MLflow's SQL tables, of the traces in the temp
-    table `written` (`written_sql`): the trace_info read once for all of them, so no row of a trace read later
-    (one added to the source meanwhile) is written without its trace."""
+    table `written` (`written_sql`): the child tables join it instead of reading the source's trace_info again, and
+    no row of a trace the source got meanwhile is written without its trace."""
     # Child rows carry their trace's time, experiment (warehouse migration 2) and key (migration 11).
     trace_times = (
         "(SELECT trace_id AS joined_trace_id, timestamp_ms AS joined_timestamp_ms, "
