@@ -96,6 +96,19 @@ def test_migration_11_numbers_the_traces_in_time_order_and_new_ones_after_them(s
             == len(ordered) + 1
 
 
+def test_a_trace_written_while_the_extract_reads_is_copied_once_by_the_next_run(store: Store, warehouse_path: str):
+    """A trace the source gets after the run fingerprinted it is not copied by that run (it has no fingerprint
+    yet): the next run copies it, once."""
+    def meanwhile(message: str) -> None:
+        if message.startswith("fingerprinted"):
+            seed_demo(1, experiment="llmops-demo", seed=5)
+
+    first = extract_traces(SqlTrackingStore(store.uri), warehouse_path, progress=meanwhile)
+    assert first.rows["traces"] == len(store.trace_ids)
+    assert extract_traces(SqlTrackingStore(store.uri), warehouse_path).changed_traces == 1
+    assert_matches_mlflow(store, warehouse_path)
+
+
 def test_full_extract_equals_mlflow(seeded_store: Store, warehouse_path: str):
     result = extract_traces(SqlTrackingStore(seeded_store.uri), warehouse_path)
     assert result.mode == "full"

@@ -81,11 +81,13 @@ def fingerprint_sql(rel: Callable[[str], str]) -> str:
 
 def written_sql(rel: Callable[[str], str], first_key: int) -> str:
     """The traces a run writes, each numbered with its key (traces.trace_key, from `first_key` on, in time order:
-    keys say which traces the dimension facts have not seen yet) and with what its child rows carry of it."""
+    keys say which traces the dimension facts have not seen yet) and with what its child rows carry of it: those
+    of temp table `_changed` only, so a trace the source got after the fingerprints were read waits for the next
+    run (which fingerprints it) instead of being written without a fingerprint, and then again."""
     return f"""
         SELECT request_id AS trace_id, CAST(experiment_id AS VARCHAR) AS experiment_id, timestamp_ms,
                {first_key} - 1 + row_number() OVER (ORDER BY timestamp_ms, request_id) AS trace_key
-        FROM {rel('trace_info')}"""
+        FROM {rel('trace_info')} SEMI JOIN _changed ON _changed.trace_id = request_id"""
 
 
 def contract_sql(rel: Callable[[str], str], written: str) -> dict[str, str]:
