@@ -287,7 +287,9 @@ MIGRATIONS: list[str] = [
         value_id INTEGER NOT NULL,
         traces BIGINT NOT NULL                    -- how many of its traces have the value
     );
+    -- which warehouse version (highest trace key, number of traces) the facts and the hourly rollups describe
     CREATE TABLE _dimension_facts_state (covered_key BIGINT NOT NULL, covered_traces BIGINT NOT NULL);
+    CREATE TABLE _insights_rollups_state (covered_key BIGINT NOT NULL, covered_traces BIGINT NOT NULL);
     """,
 ]
 

@@ -146,7 +146,7 @@ UNDO_MIGRATION = {
            for table in ("traces", "spans", "trace_tags", "trace_metadata", "assessments")),
          "ALTER TABLE traces DROP COLUMN evaluation", "ALTER TABLE _extract_runs DROP COLUMN last_trace_key",
          *(f"DROP TABLE {table}" for table in ("dimension_values", "trace_dimension_values", "dimension_value_hours",
-                                                "_dimension_facts_state"))],
+                                                "_dimension_facts_state", "_insights_rollups_state"))],
 }
 
 

@@ -29,11 +29,14 @@ from assets.insights.queries import (
     TRACE_DIMENSION_VALUES,
     TRACES,
     InsightsQuery,
+    describes_warehouse,
     hour_split,
+    record_version,
     traces_version,
+    version_table,
 )
 
-STATE = sa.table("_dimension_facts_state", sa.column("covered_key"), sa.column("covered_traces"))
+STATE = version_table("_dimension_facts_state")
 NEW_FACTS = sa.table("_new_facts", sa.column("trace_key"), sa.column("value_id"))  # a refresh's, before insertion
 VALUE_HOURS = sa.table("dimension_value_hours", sa.column("experiment_id"), sa.column("hour_ms"),
                        sa.column("evaluation"), sa.column("value_id"), sa.column("traces"))
@@ -48,13 +51,9 @@ class FactsRefresh:
     facts: int  # rows in all
 
 
-def _covered(conn: sa.Connection) -> tuple[int, int]:
-    return conn.execute(sa.select(STATE.c.covered_key, STATE.c.covered_traces)).one_or_none() or (0, 0)
-
-
 def facts_current(conn: sa.Connection) -> bool:
     """Whether the facts describe the warehouse's traces as they are now."""
-    return _covered(conn) == traces_version(conn)
+    return describes_warehouse(conn, STATE)
 
 
 def _inlined(statement: sa.Select, conn: sa.Connection) -> str:
@@ -64,8 +63,9 @@ def _inlined(statement: sa.Select, conn: sa.Connection) -> str:
 
 def refresh_facts(conn: sa.Connection) -> FactsRefresh:
     """Bring the facts up to date with the warehouse's traces (inside the caller's transaction)."""
-    covered_key, covered_traces = _covered(conn)
-    key, count = traces_version(conn)
+    covered_key, covered_traces = conn.execute(sa.select(STATE.c.covered_key, STATE.c.covered_traces)).one_or_none() \
+        or (0, 0)
+    count = traces_version(conn)[1]
 
     def fact_count() -> int:  # (DuckDB's driver reports no rowcount)
         return conn.execute(sa.select(sa.func.count()).select_from(TRACE_DIMENSION_VALUES)).scalar()
@@ -112,8 +112,7 @@ def refresh_facts(conn: sa.Connection) -> FactsRefresh:
     conn.exec_driver_sql("DROP TABLE _new_facts")
     # Which values are offered depends on every trace (e.g. a span name used below the root): decided again.
     conn.execute(DIMENSION_VALUES.update().values(offered=registry.offered()))
-    conn.execute(STATE.delete())
-    conn.execute(STATE.insert().values(covered_key=key, covered_traces=count))
+    record_version(conn, STATE)
     values = conn.execute(sa.select(sa.func.count()).select_from(DIMENSION_VALUES)).scalar()
     facts = fact_count()
     return FactsRefresh(traces_added=count - still_there, facts_added=facts - kept, facts_deleted=before - kept,

@@ -179,8 +179,24 @@ def hour_split(query: InsightsQuery) -> tuple[tuple[int | None, int | None] | No
     return (first, last), edges
 
 
-# Which warehouse version (`traces_version`) the hourly rollups (assets/insights/rollups.py) describe.
-ROLLUPS_STATE = sa.table("_insights_rollups_state", sa.column("covered_key"), sa.column("covered_traces"))
+def version_table(name: str) -> sa.TableClause:
+    """A one-row table recording which warehouse version (`traces_version`) some derived tables describe."""
+    return sa.table(name, sa.column("covered_key"), sa.column("covered_traces"))
+
+
+def record_version(conn: sa.Connection, state: sa.TableClause) -> None:
+    """Record in `state` that its derived tables now describe the warehouse as it is."""
+    key, count = traces_version(conn)
+    conn.execute(state.delete())
+    conn.execute(state.insert().values(covered_key=key, covered_traces=count))
+
+
+def describes_warehouse(conn: sa.Connection, state: sa.TableClause) -> bool:
+    """Whether the derived tables whose version `state` records describe the warehouse's traces as they are now."""
+    return conn.execute(sa.select(state.c.covered_key, state.c.covered_traces)).one_or_none() == traces_version(conn)
+
+
+ROLLUPS_STATE = version_table("_insights_rollups_state")  # the hourly rollups' (assets/insights/rollups.py)
 
 
 def rollup_hours(conn: sa.Connection, query: InsightsQuery,
@@ -189,10 +205,7 @@ def rollup_hours(conn: sa.Connection, query: InsightsQuery,
     experiments and times, when its range is whole UTC hours and the rollups describe the warehouse as it is;
     None otherwise (then read the tables themselves)."""
     whole, edges = hour_split(query)
-    if whole is None or edges or not has_table(conn, ROLLUPS_STATE.name):
-        return None
-    if conn.execute(sa.select(ROLLUPS_STATE.c.covered_key, ROLLUPS_STATE.c.covered_traces)).one_or_none() \
-            != traces_version(conn):
+    if whole is None or edges or not has_table(conn, ROLLUPS_STATE.name) or not describes_warehouse(conn, ROLLUPS_STATE):
         return None
     first, last = whole
     return [rollup.c.experiment_id.in_(query.experiment_ids),

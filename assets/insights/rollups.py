@@ -28,8 +28,8 @@ from assets.insights.queries import (
     bucket_column,
     latency_measures,
     percentiles,
+    record_version,
     token_measures,
-    traces_version,
     volume_measures,
 )
 from assets.insights.registry import Dimension, Population
@@ -80,9 +80,7 @@ def write_rollups(conn: sa.Connection) -> dict[str, int]:
         sql = query.compile(conn, compile_kwargs={"literal_binds": True})
         conn.exec_driver_sql(f"CREATE OR REPLACE TABLE {table} AS {sql}")
         rows[table] = conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar()
-    key, count = traces_version(conn)
-    conn.exec_driver_sql(f"CREATE OR REPLACE TABLE {ROLLUPS_STATE.name} AS SELECT {int(key)} AS covered_key, "
-                         f"{int(count)} AS covered_traces")
+    record_version(conn, ROLLUPS_STATE)
     return rows
 
 
