@@ -20,6 +20,7 @@ from assets.insights.queries import (
     InsightsQuery,
     LatencyStats,
     bucket_column,
+    bucket_start,
     latency_measures,
     percentiles,
     population_filter,
@@ -280,8 +281,7 @@ def tags_discovery(conn: sa.Connection, query: InsightsQuery) -> TagDiscoveryRes
 def _tag_metrics_from_rollup(conn: sa.Connection, query: TagQuery,
                              hours: list[sa.ColumnElement[bool]]) -> TagMetricsResponse:
     """tag_metrics summed from the hourly rollup: each value's count per bucket, ranked here."""
-    size = sa.literal_column(str(query.time_bucket.milliseconds))  # SELECT and GROUP BY: the same expression
-    bucket = (sa.cast(sa.func.floor(TAGS_HOURLY.c.time_bucket / size), sa.BigInteger) * size).label("time_bucket")
+    bucket = bucket_start(TAGS_HOURLY.c.time_bucket, query.time_bucket.milliseconds).label("time_bucket")
     per_bucket: dict[int, dict[str, int]] = {}
     for time_bucket, value, count in conn.execute(
             sa.select(bucket, TAGS_HOURLY.c.value, sa.func.sum(TAGS_HOURLY.c.trace_count))

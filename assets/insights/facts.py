@@ -29,8 +29,10 @@ from assets.insights.queries import (
     TRACE_DIMENSION_VALUES,
     TRACES,
     InsightsQuery,
+    bucket_start,
     describes_warehouse,
     hour_split,
+    in_hours,
     record_version,
     traces_version,
     version_table,
@@ -101,8 +103,7 @@ def refresh_facts(conn: sa.Connection) -> FactsRefresh:
     # transaction's own writes, which DuckDB reads slowly).
     conn.execute(VALUE_HOURS.delete())
     every_fact = sa.union_all(sa.select(TRACE_DIMENSION_VALUES), sa.select(NEW_FACTS)).subquery()
-    size = sa.literal_column(str(HOUR_MS))  # not a parameter: SELECT and GROUP BY must be the same expression
-    hour = (sa.cast(sa.func.floor(TRACES.c.timestamp_ms / size), sa.BigInteger) * size).label("hour_ms")
+    hour = bucket_start(TRACES.c.timestamp_ms, HOUR_MS).label("hour_ms")
     conn.execute(VALUE_HOURS.insert().from_select(
         ["experiment_id", "hour_ms", "evaluation", "value_id", "traces"],
         sa.select(TRACES.c.experiment_id, hour, TRACES.c.evaluation, every_fact.c.value_id, sa.func.count())
@@ -120,9 +121,7 @@ def refresh_facts(conn: sa.Connection) -> FactsRefresh:
 
 
 def _in_hours(query: InsightsQuery, first: int | None, last: int | None) -> list[sa.ColumnElement[bool]]:
-    return [VALUE_HOURS.c.experiment_id.in_(query.experiment_ids),
-            *([] if first is None else [VALUE_HOURS.c.hour_ms >= first]),
-            *([] if last is None else [VALUE_HOURS.c.hour_ms <= last])]
+    return in_hours(query, VALUE_HOURS.c.experiment_id, VALUE_HOURS.c.hour_ms, first, last)
 
 
 def hourly_counts(query: InsightsQuery, production_only: bool) -> sa.Select | None:

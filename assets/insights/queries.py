@@ -179,6 +179,14 @@ def hour_split(query: InsightsQuery) -> tuple[tuple[int | None, int | None] | No
     return (first, last), edges
 
 
+def in_hours(query: InsightsQuery, experiment_id: sa.ColumnElement, hour: sa.ColumnElement, first: int | None,
+             last: int | None) -> list[sa.ColumnElement[bool]]:
+    """The rows of an hourly table (its `experiment_id` and `hour` columns) of the query's experiments and of the
+    whole hours `first` to `last` (`hour_split`; None: open)."""
+    return [experiment_id.in_(query.experiment_ids), *([] if first is None else [hour >= first]),
+            *([] if last is None else [hour <= last])]
+
+
 def version_table(name: str) -> sa.TableClause:
     """A one-row table recording which warehouse version (`traces_version`) some derived tables describe."""
     return sa.table(name, sa.column("covered_key"), sa.column("covered_traces"))
@@ -205,12 +213,10 @@ def rollup_hours(conn: sa.Connection, query: InsightsQuery,
     experiments and times, when its range is whole UTC hours and the rollups describe the warehouse as it is;
     None otherwise (then read the tables themselves)."""
     whole, edges = hour_split(query)
-    if whole is None or edges or not has_table(conn, ROLLUPS_STATE.name) or not describes_warehouse(conn, ROLLUPS_STATE):
+    if whole is None or edges or not has_table(conn, ROLLUPS_STATE.name) \
+            or not describes_warehouse(conn, ROLLUPS_STATE):
         return None
-    first, last = whole
-    return [rollup.c.experiment_id.in_(query.experiment_ids),
-            *([] if first is None else [rollup.c.time_bucket >= first]),
-            *([] if last is None else [rollup.c.time_bucket <= last])]
+    return in_hours(query, rollup.c.experiment_id, rollup.c.time_bucket, *whole)
 
 
 def trace_time(table: sa.TableClause = TRACES) -> sa.ColumnElement[int]:
@@ -228,10 +234,14 @@ def population_filter(query: InsightsQuery, table: sa.TableClause = TRACES) -> l
     return conditions
 
 
+def bucket_start(time_ms: sa.ColumnElement[int], milliseconds: int) -> sa.ColumnElement[int]:
+    """The start (epoch ms) of the UTC-aligned bucket of `milliseconds` that holds the time `time_ms`."""
+    return sa.cast(sa.func.floor(time_ms / milliseconds), sa.BigInteger) * milliseconds
+
+
 def bucket_column(time_bucket: TimeBucket, table: sa.TableClause = TRACES) -> sa.ColumnElement[int]:
     """The start (epoch ms, UTC-aligned) of the trace's time bucket."""
-    size = time_bucket.milliseconds
-    return (sa.cast(sa.func.floor(trace_time(table) / size), sa.BigInteger) * size).label("time_bucket")
+    return bucket_start(trace_time(table), time_bucket.milliseconds).label("time_bucket")
 
 
 def summary_and_series(
