@@ -8,7 +8,8 @@ the same SQLite store, with the answers checked equal, as ratios measured in the
 
 Stores are bench/trace_extract.py's (built if missing: ~15.7 GB and ~10 min for 1M); each is extracted into
 bench/data/warehouse-<size>.duckdb by bench/insights.py's `ensure_warehouse`, which brings a kept one up to date with
-an incremental extract (a warehouse left by an older schema is migrated). Per request: p50 and p95 of `--repeats`
+an incremental extract (a warehouse left by an older schema is migrated); then the rollups are written, as the
+insights_rollups asset does after each extract. Per request: p50 and p95 of `--repeats`
 calls after one warm-up, over HTTP and through the Python API; MLflow's best of 3 (its first run of a query may
 read the SQLite file from disk). Results go to bench/results/trace-metrics-<size>.json.
 """
@@ -90,6 +91,20 @@ def assert_same(ours, mlflow_answer, label: str) -> None:
             (label, dims, values, m_values)
 
 
+def write_rollups(warehouse: Path) -> float:
+    """Bring the rollups up to date, as the insights_rollups asset does after each extract (the span view's
+    counts and costs are summed from them); seconds taken."""
+    from assets.insights import rollups
+    from resources.warehouse import sqlalchemy_engine
+
+    engine = sqlalchemy_engine(str(warehouse), read_only=False)
+    with engine.begin() as conn:
+        _, seconds = timed(lambda: rollups.write_rollups(conn))
+    engine.dispose()
+    print(f"rollups written in {seconds:.2f} s", flush=True)
+    return seconds
+
+
 def p50_p95(action, repeats: int) -> tuple[object, float, float]:
     """The answer of a warm-up call, then p50 and p95 in ms of `repeats` timed calls."""
     answer = action()
@@ -108,6 +123,7 @@ def run(size: int, data_dir: Path, repeats: int) -> dict:
     from assets.insights.trace_metrics import WarehouseTraceStore
 
     uri, warehouse = ensure_warehouse(size, data_dir)
+    rollups_s = write_rollups(warehouse)
     load_before = os.getloadavg()  # the machine is shared: how busy it was, for reading the numbers
     with duckdb.connect(str(warehouse), read_only=True) as con:
         experiment_id, traces, low, high = con.execute(
@@ -144,7 +160,7 @@ def run(size: int, data_dir: Path, repeats: int) -> dict:
         print(f"[{size}] {label}: MLflow {mlflow_s * 1000:.0f} ms = {entry['speedup_http_p50']}x the endpoint's "
               "p50, answers equal", flush=True)
     return {
-        "traces": traces, "spans": spans, "repeats": repeats, "requests": results,
+        "traces": traces, "spans": spans, "repeats": repeats, "rollups_s": round(rollups_s, 2), "requests": results,
         "max_http_p95_ms": max(r["http_p95_ms"] for r in results.values()),
         "min_speedup_http_p50": min(r["speedup_http_p50"] for r in results.values()),
         "targets": {"http_p95_ms_at_most": TARGET_P95_MS, "speedup_at_least": TARGET_SPEEDUP},

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+import sqlalchemy as sa
 
 from resources.warehouse import WRITER_WAITING_SUFFIX, WarehouseResource
 
@@ -84,3 +85,46 @@ def test_a_reader_locked_out_for_too_long_is_told_to_retry(tmp_path: Path):
         holder.wait(timeout=30)
     error = api_error(locked_out.value)
     assert (error.status, error.error_code) == (503, "TEMPORARILY_UNAVAILABLE")
+
+
+WRITE = """
+import sys
+from resources.warehouse import WarehouseResource
+
+with WarehouseResource(path=sys.argv[1], lock_timeout_s=float(sys.argv[2])).connect() as con:
+    con.execute("UPDATE t SET v = v + 1")
+print("written", flush=True)
+"""
+
+
+@pytest.mark.parametrize("requests", ["a steady stream of requests", "one request, then none"])
+def test_a_writer_gets_the_file_the_server_keeps_attached(requests: str, tmp_path: Path):
+    """The API server keeps the file attached between requests; a writer that announces itself gets it within its
+    lock timeout, whether the requests go on (the server detaches before the next one) or stop (it detaches
+    when idle)."""
+    from resources.warehouse import attached_engine
+
+    path = str(tmp_path / "warehouse.duckdb")
+    with duckdb.connect(path) as con:
+        con.execute("CREATE TABLE t (v INTEGER); INSERT INTO t VALUES (1)")
+    engine = attached_engine(path, lock_timeout_s=60)
+    seen, done = [], threading.Event()
+
+    def serve() -> None:
+        while True:
+            with engine.connect() as conn:
+                seen.append(conn.execute(sa.text("SELECT v FROM t")).scalar())
+            if requests == "one request, then none" or done.is_set():
+                return
+
+    server = threading.Thread(target=serve)
+    server.start()
+    while not seen:  # the file is attached
+        time.sleep(0.001)
+    writer = subprocess.run([sys.executable, "-c", WRITE, path, "5"], capture_output=True, text=True, timeout=60,
+                            cwd=PROJECT_DIR, env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)})
+    done.set()
+    server.join(timeout=60)
+    assert writer.stdout.strip() == "written", writer.stderr
+    with engine.connect() as conn:  # attached again, the server reads what the writer wrote
+        assert conn.execute(sa.text("SELECT v FROM t")).scalar() == 2

@@ -767,12 +767,33 @@ def stores(empty_store_file: Path, tmp_path_factory) -> Stores:
 
 
 @pytest.fixture(scope="module")
-def warehouse(stores: Stores):
-    """The store copied once into a warehouse, answered by our `query_trace_metrics`."""
+def extracted(stores: Stores) -> Path:
+    """The store copied once into a warehouse."""
+    extract_traces(SqlTrackingStore(stores.uri), str(stores.warehouse_path))
+    return stores.warehouse_path
+
+
+@pytest.fixture(scope="module")
+def rolled_up(extracted: Path) -> Path:
+    """A copy of the warehouse with the rollups written, as the insights_rollups asset writes them."""
+    from assets.insights.rollups import write_rollups
+    from resources.warehouse import sqlalchemy_engine
+
+    target = Path(shutil.copyfile(extracted, extracted.with_name("rolled-up.duckdb")))
+    engine = sqlalchemy_engine(str(target), read_only=False)
+    with engine.begin() as conn:
+        write_rollups(conn)
+    engine.dispose()
+    return target
+
+
+@pytest.fixture(scope="module", params=["from the tables", "span view summed from the hourly rollup"])
+def warehouse(extracted: Path, rolled_up: Path, request):
+    """Our `query_trace_metrics` on the warehouse, whose span counts, latencies and costs are read from the spans
+    or, with the rollups written, summed from `mlflow_spans_hourly`: every case is asked of both."""
     from assets.insights.trace_metrics import WarehouseTraceStore
 
-    extract_traces(SqlTrackingStore(stores.uri), str(stores.warehouse_path))
-    return WarehouseTraceStore(str(stores.warehouse_path))
+    return WarehouseTraceStore(str(extracted if request.param == "from the tables" else rolled_up))
 
 
 @dataclass
@@ -1457,3 +1478,49 @@ INVALID_ASSESSMENT_FILTERS = [  # test_query_assessments_metrics_invalid_filters
 ))
 def test_bad_requests_raise_mlflows_error(case: Case, stores: Stores, warehouse):
     check(case, stores, warehouse)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The span view's hourly rollup.
+
+SPAN_RANGES = {  # (start_time_ms, end_time_ms): open, whole hours, cut inside hours, inside one hour
+    "open": (None, None), "whole hours": (BASE_MS, BASE_MS + 4 * HOUR_MS - 1),
+    "cut": (BASE_MS + 10 * MINUTE_MS + 1, BASE_MS + 3 * HOUR_MS), "from a cut hour on": (BASE_MS + 1, None),
+    "up to a cut hour": (None, BASE_MS + 2 * HOUR_MS + 5 * MINUTE_MS), "inside an hour": (BASE_MS, BASE_MS + 50 * MINUTE_MS),
+}
+
+
+@pytest.mark.parametrize("range_name", SPAN_RANGES)
+def test_span_counts_latencies_and_costs_summed_from_the_rollup_equal_the_spans(range_name, stores: Stores,
+                                                                                extracted: Path, rolled_up: Path):
+    """Over every scenario's spans at once: each summable span metric, aggregation, dimension, span filter and
+    whole-hour bucket size, over open, whole-hour and cut ranges, is the same answer from `mlflow_spans_hourly`
+    (whole hours) plus the spans (part hours) as from the spans alone."""
+    from mlflow.store.tracking.utils.sql_trace_metrics_utils import VIEW_TYPE_CONFIGS
+
+    from assets.insights import trace_metrics
+    from assets.insights.trace_metrics import WarehouseTraceStore
+
+    start, end = SPAN_RANGES[range_name]
+    ids = list(stores.experiment_ids.values())
+    tables, summed = WarehouseTraceStore(str(extracted)), WarehouseTraceStore(str(rolled_up))  # one call at a time
+    requests = [  # what MLflow allows of each metric (its VIEW_TYPE_CONFIGS), but percentiles
+        dict(view_type=SPANS, metric_name=metric, aggregations=aggregations, dimensions=dimensions, filters=filters,
+             time_interval_seconds=interval, start_time_ms=start, end_time_ms=end)
+        for metric, config in VIEW_TYPE_CONFIGS[SPANS].items()
+        for aggregations in [[MetricAggregation(kind) for kind in sorted(config.aggregation_types - {AggregationType.PERCENTILE})]]
+        for dimensions in [None, *([d] for d in sorted(config.dimensions)), sorted(config.dimensions)]
+        for filters in [None, ["span.type = 'LLM'"], ["span.status = 'ERROR'", "span.name = 'llm'"]]
+        for interval in ([None] if start is None or end is None else [None, 3600, 7200, 86400])
+    ]
+    answered, has_whole_hours = 0, range_name != "inside an hour"
+    with summed.engine.connect() as conn:
+        for request in requests:
+            rolled_up = trace_metrics._span_rollup_select(
+                conn, ids, request["metric_name"], request["aggregations"], request["dimensions"] or [],
+                request["filters"] or [], request["time_interval_seconds"], start, end)
+            assert (rolled_up is not None) == has_whole_hours, request
+            expected = rows(tables.query_trace_metrics(ids, **request))
+            assert rows(trace_metrics.query_trace_metrics(conn, ids, **request)) == approx_rows(expected), request
+            answered += bool(expected)
+    assert answered > len(requests) / 4  # many requests find spans: the comparison is not of empty answers

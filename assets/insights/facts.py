@@ -121,13 +121,13 @@ def refresh_facts(conn: sa.Connection) -> FactsRefresh:
 
 
 def _in_hours(query: InsightsQuery, first: int | None, last: int | None) -> list[sa.ColumnElement[bool]]:
-    return in_hours(query, VALUE_HOURS.c.experiment_id, VALUE_HOURS.c.hour_ms, first, last)
+    return in_hours(query.experiment_ids, VALUE_HOURS.c.experiment_id, VALUE_HOURS.c.hour_ms, first, last)
 
 
 def hourly_counts(query: InsightsQuery, production_only: bool) -> sa.Select | None:
     """(value_id, n): how many traces of the query's experiments and times have each stored value, from the hourly
     counts; None unless the time range is made of whole UTC hours (or open)."""
-    whole, edges = hour_split(query)
+    whole, edges = hour_split(query.start_time, query.end_time)
     if whole is None or edges:
         return None
     return (sa.select(VALUE_HOURS.c.value_id, sa.func.sum(VALUE_HOURS.c.traces).label("n"))
@@ -139,7 +139,7 @@ def present_values(conn: sa.Connection, query: InsightsQuery) -> dict[str, list[
     """Each stored dimension name → its offered values that some trace of the query's experiments and times has
     (evaluation traces included, as discovery counts), sorted; read from the hourly counts, and from the facts
     of the traces in the parts of hours at the range's ends."""
-    whole, edges = hour_split(query)
+    whole, edges = hour_split(query.start_time, query.end_time)
     present = [] if whole is None else [sa.select(VALUE_HOURS.c.value_id).where(*_in_hours(query, *whole))]
     if edges:
         in_edges = sa.select(TRACES.c.trace_key).where(

@@ -165,10 +165,10 @@ def traces_version(conn: sa.Connection) -> tuple[int, int]:
     return key, count
 
 
-def hour_split(query: InsightsQuery) -> tuple[tuple[int | None, int | None] | None, list[tuple[int, int]]]:
-    """The query's time range as (first, last) whole UTC hours wholly inside it (None: no such hour; None ends: open),
-    and the parts of hours at its ends (inclusive ms ranges)."""
-    start, end = query.start_time, query.end_time
+def hour_split(start: int | None,
+               end: int | None) -> tuple[tuple[int | None, int | None] | None, list[tuple[int, int]]]:
+    """The time range from `start` to `end` (inclusive epoch ms; None: open) as (first, last) whole UTC hours wholly
+    inside it (None: no such hour; None ends: open), and the parts of hours at its ends (inclusive ms ranges)."""
     first = None if start is None else -(-start // HOUR_MS) * HOUR_MS
     last = None if end is None else (end + 1) // HOUR_MS * HOUR_MS - HOUR_MS
     if first is not None and last is not None and first > last:
@@ -179,11 +179,11 @@ def hour_split(query: InsightsQuery) -> tuple[tuple[int | None, int | None] | No
     return (first, last), edges
 
 
-def in_hours(query: InsightsQuery, experiment_id: sa.ColumnElement, hour: sa.ColumnElement, first: int | None,
+def in_hours(experiment_ids: list[str], experiment_id: sa.ColumnElement, hour: sa.ColumnElement, first: int | None,
              last: int | None) -> list[sa.ColumnElement[bool]]:
-    """The rows of an hourly table (its `experiment_id` and `hour` columns) of the query's experiments and of the
-    whole hours `first` to `last` (`hour_split`; None: open)."""
-    return [experiment_id.in_(query.experiment_ids), *([] if first is None else [hour >= first]),
+    """The rows of an hourly table (its `experiment_id` and `hour` columns) of the experiments and of the whole
+    hours `first` to `last` (`hour_split`; None: open)."""
+    return [experiment_id.in_(experiment_ids), *([] if first is None else [hour >= first]),
             *([] if last is None else [hour <= last])]
 
 
@@ -212,11 +212,11 @@ def rollup_hours(conn: sa.Connection, query: InsightsQuery,
     """The rows of an hourly rollup table (`experiment_id`, `time_bucket`: the hour) that make up the query's
     experiments and times, when its range is whole UTC hours and the rollups describe the warehouse as it is;
     None otherwise (then read the tables themselves)."""
-    whole, edges = hour_split(query)
+    whole, edges = hour_split(query.start_time, query.end_time)
     if whole is None or edges or not has_table(conn, ROLLUPS_STATE.name) \
             or not describes_warehouse(conn, ROLLUPS_STATE):
         return None
-    return in_hours(query, rollup.c.experiment_id, rollup.c.time_bucket, *whole)
+    return in_hours(query.experiment_ids, rollup.c.experiment_id, rollup.c.time_bucket, *whole)
 
 
 def trace_time(table: sa.TableClause = TRACES) -> sa.ColumnElement[int]:

@@ -1,7 +1,8 @@
 """Tables the insights assets write into the warehouse: hourly and daily rollups, and `root_causes` (no Dagster).
 
 Rollups hold, per experiment and UTC bucket, what the insights API computes on the fly, so dashboards and SQL
-users read small tables. `root_causes` answers "what goes with bad outcomes": for each outcome the outcomes file
+users read small tables; `mlflow_spans_hourly` holds the span counts, latencies and costs MLflow's trace metrics
+sum (assets/insights/trace_metrics.py). `root_causes` answers "what goes with bad outcomes": for each outcome the outcomes file
 declares (assets/insights/outcomes.py), every dimension value that goes with it more than chance, at least
 `min_support` times, ranked by NPMI and named in plain words. Both are rebuilt whole in one transaction at each
 materialization.
@@ -68,6 +69,9 @@ def rollup_queries() -> dict[str, sa.Select]:
                 *percentiles(value, {"p50": 0.5, "p90": 0.9}),
             ).where(VALID_FEEDBACK).group_by(*keys(ASSESSMENTS), ASSESSMENTS.c.name, categorical)
         )
+    from assets.insights.trace_metrics import SPAN_ROLLUP, span_rollup_query  # MLflow's modules: only to build
+
+    tables[SPAN_ROLLUP.original.name] = span_rollup_query()
     return tables
 
 
