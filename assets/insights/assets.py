@@ -34,7 +34,8 @@ class ReportConfig(dg.Config):
 @dg.asset(
     **COMMON, deps=WAREHOUSE_TABLES, pool="duckdb_write", kinds={"duckdb"},
     description="Hourly and daily rollups per experiment (insights_{traffic,tools,tags,assessments}_{hourly,daily}): "
-    "volume, latency percentiles, tokens and cost; tool calls, errors and latency; tag values; feedback counts and stats.",
+    "volume, latency percentiles, tokens and cost; tool calls, errors and latency; tag values; feedback counts and stats; "
+    "and mlflow_spans_hourly (span counts, latencies and costs for MLflow's trace metrics endpoint).",
 )
 def insights_rollups(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     with warehouse.engine(read_only=False).begin() as conn:
