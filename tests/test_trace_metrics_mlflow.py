@@ -1486,7 +1486,8 @@ def test_bad_requests_raise_mlflows_error(case: Case, stores: Stores, warehouse)
 SPAN_RANGES = {  # (start_time_ms, end_time_ms): open, whole hours, cut inside hours, inside one hour
     "open": (None, None), "whole hours": (BASE_MS, BASE_MS + 4 * HOUR_MS - 1),
     "cut": (BASE_MS + 10 * MINUTE_MS + 1, BASE_MS + 3 * HOUR_MS), "from a cut hour on": (BASE_MS + 1, None),
-    "up to a cut hour": (None, BASE_MS + 2 * HOUR_MS + 5 * MINUTE_MS), "inside an hour": (BASE_MS, BASE_MS + 50 * MINUTE_MS),
+    "up to a cut hour": (None, BASE_MS + 2 * HOUR_MS + 5 * MINUTE_MS),
+    "inside an hour": (BASE_MS, BASE_MS + 50 * MINUTE_MS),
 }
 
 
@@ -1508,7 +1509,8 @@ def test_span_counts_latencies_and_costs_summed_from_the_rollup_equal_the_spans(
         dict(view_type=SPANS, metric_name=metric, aggregations=aggregations, dimensions=dimensions, filters=filters,
              time_interval_seconds=interval, start_time_ms=start, end_time_ms=end)
         for metric, config in VIEW_TYPE_CONFIGS[SPANS].items()
-        for aggregations in [[MetricAggregation(kind) for kind in sorted(config.aggregation_types - {AggregationType.PERCENTILE})]]
+        for aggregations in [[MetricAggregation(kind)
+                              for kind in sorted(config.aggregation_types - {AggregationType.PERCENTILE})]]
         for dimensions in [None, *([d] for d in sorted(config.dimensions)), sorted(config.dimensions)]
         for filters in [None, ["span.type = 'LLM'"], ["span.status = 'ERROR'", "span.name = 'llm'"]]
         for interval in ([None] if start is None or end is None else [None, 3600, 7200, 86400])

@@ -2,10 +2,10 @@
 
 Rollups hold, per experiment and UTC bucket, what the insights API computes on the fly, so dashboards and SQL
 users read small tables; `mlflow_spans_hourly` holds the span counts, latencies and costs MLflow's trace metrics
-sum (assets/insights/trace_metrics.py). `root_causes` answers "what goes with bad outcomes": for each outcome the outcomes file
-declares (assets/insights/outcomes.py), every dimension value that goes with it more than chance, at least
-`min_support` times, ranked by NPMI and named in plain words. Both are rebuilt whole in one transaction at each
-materialization.
+sum (assets/insights/trace_metrics.py). `root_causes` answers "what goes with bad outcomes": for each outcome the
+outcomes file declares (assets/insights/outcomes.py), every dimension value that goes with it more than chance, at
+least `min_support` times, ranked by NPMI and named in plain words. Both are rebuilt whole in one transaction at
+each materialization.
 """
 
 from __future__ import annotations

@@ -71,14 +71,14 @@ T = sa.table(
     sa.column("input_cost", Cost), sa.column("output_cost", Cost), sa.column("total_cost", Cost),
 ).alias("t")
 S = sa.table(
-    "spans", sa.column("trace_id"), sa.column("trace_key"), sa.column("span_id"), sa.column("name"), sa.column("span_type"),
-    sa.column("status"), sa.column("start_time_ns"), sa.column("end_time_ns"), sa.column("model_name"),
+    "spans", sa.column("trace_id"), sa.column("trace_key"), sa.column("span_id"), sa.column("name"),
+    sa.column("span_type"), sa.column("status"), sa.column("start_time_ns"), sa.column("end_time_ns"), sa.column("model_name"),
     sa.column("model_provider"), sa.column("input_cost"), sa.column("output_cost"), sa.column("total_cost"),
     sa.column("experiment_id"), sa.column("trace_timestamp_ms"),
 ).alias("s")
 A = sa.table(
-    "assessments", sa.column("assessment_id"), sa.column("trace_id"), sa.column("trace_key"), sa.column("experiment_id"),
-    sa.column("trace_timestamp_ms"), sa.column("name"), sa.column("assessment_type"), sa.column("value_json"),
+    "assessments", sa.column("assessment_id"), sa.column("trace_id"), sa.column("trace_key"),
+    sa.column("experiment_id"), sa.column("trace_timestamp_ms"), sa.column("name"), sa.column("assessment_type"), sa.column("value_json"),
     sa.column("aggregate_value"), sa.column("valid"),
 ).alias("a")
 TAGS = sa.table("trace_tags", sa.column("trace_key"), sa.column("key"), sa.column("value")).alias("tag")
@@ -294,9 +294,11 @@ def _span_rollup_select(conn: sa.Connection, experiment_ids: list[str], metric_n
     if any((p.view_type, p.entity) not in SPAN_ROLLUP_FILTERS for p in parsed):
         return None
     whole, edges = hour_split(start_time_ms, end_time_ms)
-    if whole is None or not has_table(conn, SPAN_ROLLUP.original.name) or not describes_warehouse(conn, ROLLUPS_STATE):
+    if whole is None or not has_table(conn, SPAN_ROLLUP.original.name) \
+            or not describes_warehouse(conn, ROLLUPS_STATE):
         return None
-    r, view, hour = SPAN_ROLLUP, VIEWS[MetricViewType.SPANS], "span_hour" if metric_name in SPAN_COSTS else "trace_hour"
+    r, view = SPAN_ROLLUP, VIEWS[MetricViewType.SPANS]
+    hour = "span_hour" if metric_name in SPAN_COSTS else "trace_hour"  # as `_time_range` ranges the metric
     bucket_ms = sa.literal_column(str(int(time_interval_seconds or 0) * 1000))
     from_rollup = sa.select(
         *([sa.func.floor(r.c.span_hour / bucket_ms) * bucket_ms] if time_interval_seconds else []),
