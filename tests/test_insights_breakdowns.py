@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -171,3 +172,28 @@ def test_failed_judge_runs_are_skipped_and_keep_each_name_typed(store: Store, wa
     assert theirs.pop(None) == 2  # MLflow counts the failed runs as a value of their own; they are no value here
     assert (thumbs.summary.true_count, thumbs.summary.false_count, thumbs.summary.count) == (
         theirs[True], theirs[False], theirs[True] + theirs[False])
+
+
+def test_feedback_discovery_is_read_once_per_transaction_and_anew_in_the_next(warehouse, seeded_store: Store,
+                                                                             tmp_path: Path):
+    """Discovery and correlations ask for the feedback names twice in a request: the second answer is the first,
+    not a second query; a new transaction reads the warehouse again and sees what was written meanwhile."""
+    from resources.warehouse import sqlalchemy_engine
+
+    path = tmp_path / "warehouse.duckdb"
+    shutil.copyfile(warehouse.url.database, path)
+    engine = sqlalchemy_engine(str(path), read_only=False)
+    statements = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    query = InsightsQuery(experiment_ids=[seeded_store.experiment_id])
+    with engine.connect() as reader, engine.connect() as writer:
+        first = assessments_discovery(reader, query)
+        renamed = first.data[0].name
+        writer.execute(sa.text("UPDATE assessments SET name = 'renamed' WHERE name = :name"), {"name": renamed})
+        writer.commit()
+        read = len(statements)
+        assert assessments_discovery(reader, query) == first and len(statements) == read
+        reader.commit()
+        names = {info.name for info in assessments_discovery(reader, query).data}
+    assert "renamed" in names and renamed not in names
+    engine.dispose()

@@ -22,6 +22,7 @@ from assets.insights.queries import (
     bucket_column,
     bucket_start,
     latency_measures,
+    per_transaction,
     percentiles,
     population_filter,
     rollup_hours,
@@ -106,6 +107,13 @@ def detected_type() -> sa.ColumnElement[str]:
 
 
 def assessments_discovery(conn: sa.Connection, query: InsightsQuery) -> AssessmentDiscoveryResponse:
+    """The feedback names of the population, with their detected type, count and sources (once per transaction:
+    discovery and correlations need it for the outcomes and again for the candidates)."""
+    return per_transaction(conn, ("assessments_discovery", tuple(query.experiment_ids), query.start_time,
+                                  query.end_time), lambda: _assessments_discovery(conn, query))
+
+
+def _assessments_discovery(conn: sa.Connection, query: InsightsQuery) -> AssessmentDiscoveryResponse:
     rows = conn.execute(
         sa.select(
             ASSESSMENTS.c.name, detected_type().label("assessment_type"), sa.func.count().label("count"),

@@ -7,12 +7,16 @@ bucket size. Buckets are aligned to the UTC epoch and reported by their start in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
+from typing import TypeVar
 
 import sqlalchemy as sa
 from pydantic import BaseModel, Field, model_validator
 
 from resources.warehouse import has_table
+
+T = TypeVar("T")
 
 TRACES = sa.table(
     "traces", sa.column("trace_id"), sa.column("experiment_id"), sa.column("timestamp_ms"), sa.column("execution_time_ms"),
@@ -155,6 +159,21 @@ class TokenResponse(BaseModel):
 
 
 HOUR_MS = 3_600_000
+
+
+def per_transaction(conn: sa.Connection, key: tuple, compute: Callable[[], T]) -> T:
+    """`compute()`, once per `key` and transaction of `conn`: a request asks some things twice (the feedback
+    discovered, for its outcomes and for its candidates), and within one transaction the warehouse reads the same
+    (the readers do not write what they cache)."""
+    cached = conn.info.get("_per_transaction")
+    if cached is not None and cached[0] is conn.get_transaction() and key in cached[1]:
+        return cached[1][key]
+    value = compute()
+    if (transaction := conn.get_transaction()) is not None:  # begun by compute's query, if not before
+        if cached is None or cached[0] is not transaction:
+            cached = conn.info["_per_transaction"] = (transaction, {})
+        cached[1][key] = value
+    return value
 
 
 def traces_version(conn: sa.Connection) -> tuple[int, int]:
