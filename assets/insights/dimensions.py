@@ -182,7 +182,8 @@ def rank_against(
         parameters = [part.parameters for part in live]
     for index, part in enumerate(live):
         rows = part.rows.subquery()
-        selects.append(sa.select(sa.literal(index).label("part"), rows.c.name, rows.c.value, *counts())
+        name = (sa.literal(part.prefix) + rows.c.name) if part.prefix else rows.c.name
+        selects.append(sa.select(sa.literal(index).label("part"), name.label("name"), rows.c.value, *counts())
                        .select_from(rows.join(flags, flags.c.trace_key == rows.c.trace_key))
                        .group_by(rows.c.name, rows.c.value))
     results += [(name, value, parameters[part](name, value), n, *joints)
