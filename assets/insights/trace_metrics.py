@@ -279,6 +279,13 @@ def _partials(metric_name: str, source: sa.FromClause | None = None) -> list[sa.
     return [sa.func.count(column), sa.func.sum(column), sa.func.min(column), sa.func.max(column)]
 
 
+def _bucket(time_ms: sa.ColumnElement, time_interval_seconds: int) -> sa.ColumnElement:
+    """The start (epoch ms) of the epoch-aligned bucket holding `time_ms`. A literal, not a bind: SELECT and
+    GROUP BY must be the same expression."""
+    bucket_ms = sa.literal_column(str(int(time_interval_seconds) * 1000))
+    return sa.func.floor(time_ms / bucket_ms) * bucket_ms
+
+
 def _span_rollup_select(conn: sa.Connection, experiment_ids: list[str], metric_name: str,
                         aggregations: list[MetricAggregation], dimensions: list[str], filters: list[str],
                         time_interval_seconds: int | None, start_time_ms: int | None,
@@ -299,15 +306,14 @@ def _span_rollup_select(conn: sa.Connection, experiment_ids: list[str], metric_n
         return None
     r, view = SPAN_ROLLUP, VIEWS[MetricViewType.SPANS]
     hour = "span_hour" if metric_name in SPAN_COSTS else "trace_hour"  # as `_time_range` ranges the metric
-    bucket_ms = sa.literal_column(str(int(time_interval_seconds or 0) * 1000))
     from_rollup = sa.select(
-        *([sa.func.floor(r.c.span_hour / bucket_ms) * bucket_ms] if time_interval_seconds else []),
+        *([_bucket(r.c.span_hour, time_interval_seconds)] if time_interval_seconds else []),
         *(r.c[d] for d in dimensions), *_partials(metric_name, r),
     ).where(*in_hours(experiment_ids, r.c.experiment_id, r.c[hour], *whole),
             *(r.c[SPAN_ROLLUP_FILTERS[p.view_type, p.entity]] == p.value for p in parsed),
             *(r.c[d].is_not(None) for d in dimensions),
             *([] if metric_name == "span_count" else [r.c[f"{metric_name}_count"] > 0]))
-    groups = ([sa.func.floor(view.bucket_time_ms / bucket_ms) * bucket_ms] if time_interval_seconds else []) \
+    groups = ([_bucket(view.bucket_time_ms, time_interval_seconds)] if time_interval_seconds else []) \
         + [DIMENSIONS[MetricViewType.SPANS, d] for d in dimensions]
     # One scan per part-hour: a single range prunes the spans' row groups, an OR of two ranges reads them all.
     parts = [from_rollup, *(sa.select(*groups, *_partials(metric_name)).select_from(S).where(
@@ -381,9 +387,7 @@ def query_trace_metrics(
         where.append(column.is_not(None))
     groups = []
     if time_interval_seconds:
-        # Aligned to the epoch. A literal, not a bind: SELECT and GROUP BY must be the same expression.
-        bucket_ms = sa.literal_column(str(int(time_interval_seconds) * 1000))
-        groups.append(sa.func.floor(view.bucket_time_ms / bucket_ms) * bucket_ms)
+        groups.append(_bucket(view.bucket_time_ms, time_interval_seconds))
     for dimension in dimensions or []:
         groups.append(DIMENSIONS[view_type, dimension])
         where.append(groups[-1].is_not(None))
