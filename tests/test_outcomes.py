@@ -4,6 +4,7 @@ MLflow's own search is the oracle: its filters for the same traces, and its defi
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from mlflow.genai.scorers.online.constants import EXCLUDE_EVAL_RUN_TRACES_FILTER
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 from assets.insights.dimensions import CorrelationsRequest, correlations
+from assets.insights.npmi import calculate_npmi
 from assets.insights.outcomes import OutcomeRules, OutcomesFileError, load_outcomes, outcomes, outcomes_path
 from assets.insights.queries import TRACES
 from assets.insights.registry import Dimension, Population, mlflow_filter_string, phrase, population, trace_keys
@@ -251,6 +253,35 @@ def test_evaluation_traces_count_only_when_asked_for(built: Built):
         production_only = write_root_causes(conn, OutcomeRules(min_support=1))
     assert built.evaluations_only in {r["experiment_id"] for r in with_evaluations}
     assert built.evaluations_only not in {r["experiment_id"] for r in production_only}
+
+
+def test_npmi_counts_what_each_dimension_selects_among_the_counted_traces(built: Built):
+    """calculate-npmi counts (bitmaps over the trace keys) are the traces each selector selects among those the query
+    counts: over ranges cut between traces, with and without the evaluation runs' traces, in both experiments."""
+    dimensions = [Dimension(name="status", parameters={"value": "ERROR"}),
+                  Dimension(name="assessment.user_thumbs", parameters={"value": False}),
+                  Dimension(name="assessment.short", parameters={"value": True}),  # the evaluation's scorer
+                  Dimension(name="tools.search", parameters={"value": "error"}),
+                  Dimension(name="tools.db.write", parameters={"value": "success"})]
+    with sqlalchemy_engine(built.warehouse).connect() as conn:
+        times = sorted(conn.execute(sa.select(TRACES.c.timestamp_ms).where(
+            TRACES.c.experiment_id == built.production)).scalars())
+        ranges = [{}, {"start_time": times[3], "end_time": times[-4]}, {"start_time": times[-4] + 1}]
+        checked = set()
+        for experiment_id in (built.production, built.evaluations_only):
+            for time_range in ranges:
+                for evaluations in (False, True):
+                    query = Population(experiment_ids=[experiment_id], include_evaluations=evaluations, **time_range)
+                    counted = set(conn.execute(sa.select(TRACES.c.trace_key).where(*population(query))).scalars())
+                    selected = [counted & set(conn.execute(trace_keys(d)).scalars()) for d in dimensions]
+                    for (first, first_keys), (second, second_keys) in itertools.combinations(
+                            zip(dimensions, selected), 2):
+                        result = calculate_npmi(conn, query, first, second)
+                        assert (result.total_count, result.dimension1_count, result.dimension2_count,
+                                result.joint_count) == (len(counted), len(first_keys), len(second_keys),
+                                                        len(first_keys & second_keys)), (query, first, second)
+                        checked.add((len(counted), len(first_keys & second_keys)))
+    assert len(checked) > 10  # populations and overlaps of many sizes, none of them all or nothing everywhere
 
 
 def test_the_root_causes_asset_reads_the_outcomes_file(built: Built, tmp_path: Path):

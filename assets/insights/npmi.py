@@ -7,19 +7,20 @@ together, smoothing adds 0.5 to each cell. Only production traces count unless t
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from pydantic import BaseModel
 
-from assets.insights.queries import InsightsQuery
+from assets.insights.queries import TRACES, InsightsQuery
 # Re-exported: the API, the feedback linker and the benchmarks import these from here.
 from assets.insights.registry import Dimension as Dimension
 from assets.insights.registry import DimensionError as DimensionError
 from assets.insights.registry import mlflow_filter_string as mlflow_filter_string
 from assets.insights.registry import mlflow_literal as mlflow_literal
-from assets.insights.registry import population, selects
+from assets.insights.registry import population, trace_keys
 
 SMOOTHING = 0.5  # Jeffreys prior, as MLflow
 
@@ -42,18 +43,31 @@ class NpmiResult(BaseModel):
 
 
 def count(conn: sa.Connection, query: InsightsQuery, first: Dimension, second: Dimension) -> Counts:
-    # Each trace's two memberships once, as columns: used twice in the counts below, an IN would be evaluated (its
-    # subquery scanned and joined) once per use.
-    flags = sa.select(selects(first).label("first"),
-                      selects(second).label("second")).where(*population(query)).subquery()
-    row = conn.execute(
-        sa.select(
-            sa.func.count(),
-            sa.func.count().filter(flags.c.first),
-            sa.func.count().filter(flags.c.second),
-            sa.func.count().filter(sa.and_(flags.c.first, flags.c.second)),
-        )
-    ).one()
+    # Each set of traces (the population, each dimension's) as a bitmap over the trace keys (DuckDB's
+    # bitstring_agg): the counts are the bits set in their ANDs. No semi join of every counted trace against each
+    # dimension's traces (at 1M traces, thumbs-down against a tool's failures: 44 -> 32 ms).
+    top = conn.execute(sa.select(sa.func.max(TRACES.c.trace_key))).scalar()
+    if top is None:
+        return Counts(0, 0, 0, 0)
+    # bitstring_agg's range must be constants; a whole number of bytes (0 to top | 7) is ~2x faster to fill
+    span = sa.literal_column("0"), sa.literal_column(str(int(top) | 7))
+
+    def bitmap(keys: sa.Select | sa.CompoundSelect) -> sa.ScalarSelect:
+        rows = keys.subquery()
+        return sa.select(sa.func.bitstring_agg(list(rows.c)[0], *span)).scalar_subquery()
+
+    bitmaps = sa.select(
+        bitmap(sa.select(TRACES.c.trace_key).where(*population(query))).label("counted"),
+        bitmap(trace_keys(first)).label("first"), bitmap(trace_keys(second)).label("second"),
+    ).subquery()
+
+    def bits(*sets: sa.ColumnElement) -> sa.ColumnElement[int]:
+        """How many traces are in all of `sets` (none in a set: its bitmap is NULL)."""
+        return sa.func.coalesce(sa.func.bit_count(functools.reduce(lambda a, b: a.op("&")(b), sets)), 0)
+
+    counted = bitmaps.c.counted
+    row = conn.execute(sa.select(bits(counted), bits(counted, bitmaps.c.first), bits(counted, bitmaps.c.second),
+                                 bits(counted, bitmaps.c.first, bitmaps.c.second))).one()
     return Counts(*row)
 
 
