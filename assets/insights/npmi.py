@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from pydantic import BaseModel
 
-from assets.insights.queries import TRACES, InsightsQuery
+from assets.insights.queries import TRACES, InsightsQuery, key_bitmap, top_trace_key
 # Re-exported: the API, the feedback linker and the benchmarks import these from here.
 from assets.insights.registry import Dimension as Dimension
 from assets.insights.registry import DimensionError as DimensionError
@@ -43,22 +43,13 @@ class NpmiResult(BaseModel):
 
 
 def count(conn: sa.Connection, query: InsightsQuery, first: Dimension, second: Dimension) -> Counts:
-    # Each set of traces (the population, each dimension's) as a bitmap over the trace keys (DuckDB's
-    # bitstring_agg): the counts are the bits set in their ANDs. No semi join of every counted trace against each
-    # dimension's traces (at 1M traces, thumbs-down against a tool's failures: 44 -> 32 ms).
-    top = conn.execute(sa.select(sa.func.max(TRACES.c.trace_key))).scalar()
-    if top is None:
-        return Counts(0, 0, 0, 0)
-    # bitstring_agg's range must be constants; a whole number of bytes (0 to top | 7) is ~2x faster to fill
-    span = sa.literal_column("0"), sa.literal_column(str(int(top) | 7))
-
-    def bitmap(keys: sa.Select | sa.CompoundSelect) -> sa.ScalarSelect:
-        rows = keys.subquery()
-        return sa.select(sa.func.bitstring_agg(list(rows.c)[0], *span)).scalar_subquery()
-
+    # Each set of traces (the population, each dimension's) as a bitmap over the trace keys: the counts are the
+    # bits set in their ANDs. No semi join of every counted trace against each dimension's traces (at 1M traces,
+    # thumbs-down against a tool's failures: 44 -> 32 ms).
+    top = top_trace_key(conn)
     bitmaps = sa.select(
-        bitmap(sa.select(TRACES.c.trace_key).where(*population(query))).label("counted"),
-        bitmap(trace_keys(first)).label("first"), bitmap(trace_keys(second)).label("second"),
+        key_bitmap(sa.select(TRACES.c.trace_key).where(*population(query)), top).label("counted"),
+        key_bitmap(trace_keys(first), top).label("first"), key_bitmap(trace_keys(second), top).label("second"),
     ).subquery()
 
     def bits(*sets: sa.ColumnElement) -> sa.ColumnElement[int]:

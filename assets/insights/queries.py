@@ -184,6 +184,25 @@ def traces_version(conn: sa.Connection) -> tuple[int, int]:
     return key, count
 
 
+def top_trace_key(conn: sa.Connection) -> int:
+    """The highest trace key (0 without traces): the range of the key bitmaps, read once per transaction."""
+    return per_transaction(conn, ("top trace key",), lambda: traces_version(conn)[0])
+
+
+def key_bitmap(keys: sa.Select | sa.CompoundSelect, top: int) -> sa.ScalarSelect:
+    """The trace keys (0..`top`) that `keys` selects, as one bitmap (DuckDB's bitstring_agg); NULL when none.
+    Its range must be constants; a whole number of bytes (0 to top | 7) is ~2x faster to fill than one more bit."""
+    rows = keys.subquery()
+    span = sa.literal_column("0"), sa.literal_column(str(int(top) | 7))
+    return sa.select(sa.func.bitstring_agg(list(rows.c)[0], *span)).scalar_subquery()
+
+
+def in_bitmap(key: sa.ColumnElement[int], keys: sa.Select | sa.CompoundSelect, top: int) -> sa.ColumnElement[bool]:
+    """`key IN (keys)` as a bit test in the keys' bitmap: one pass over the keys and a bit test per row, where a
+    semi join hashes the keys and probes the hash with every row (a tag filter over 1M traces: 47 -> 29 ms)."""
+    return sa.func.get_bit(key_bitmap(keys, top), sa.cast(key, sa.Integer)) == 1
+
+
 def hour_split(start: int | None,
                end: int | None) -> tuple[tuple[int | None, int | None] | None, list[tuple[int, int]]]:
     """The time range from `start` to `end` (inclusive epoch ms; None: open) as (first, last) whole UTC hours wholly

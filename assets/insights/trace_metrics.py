@@ -42,8 +42,10 @@ from assets.insights.queries import (
     bucket_start,
     describes_warehouse,
     hour_split,
+    in_bitmap,
     in_hours,
     known_experiments,
+    top_trace_key,
 )
 from assets.insights.trace_filters import calculate_trace_filter_correlation
 from resources.warehouse import attached_engine, has_table
@@ -166,24 +168,26 @@ def _aggregates(aggregations: list[MetricAggregation], column: sa.ColumnElement 
             for a in aggregations]
 
 
-def _trace_filter(entity: str, key: str | None, value: str) -> sa.ColumnElement[bool]:
-    """A `trace.<entity>[.<key>] = value` filter as a predicate on the trace `t`. Tags and metadata are
-    `trace_key IN (uncorrelated subquery)`: one semi join, where DuckDB runs a correlated EXISTS as a delim join
-    that first groups every trace id (2x slower at 1M traces); on the integer key rather than the trace id
-    string (half the time at 1M traces)."""
+def _trace_filter(conn: sa.Connection, entity: str, key: str | None, value: str) -> sa.ColumnElement[bool]:
+    """A `trace.<entity>[.<key>] = value` filter as a predicate on the trace `t`. Tags and metadata are a bit
+    test in the bitmap of the matching rows' trace keys (`in_bitmap`): where DuckDB runs a correlated EXISTS as a
+    delim join that first groups every trace id (2x slower at 1M traces), and a semi join hashes the keys and
+    probes every trace."""
     if entity == "status":
         return T.c.status == value
     if entity == "tag":
         if key == TraceTagKey.TRACE_NAME:
             return T.c.trace_name == value
-        return T.c.trace_key.in_(sa.select(TAGS.c.trace_key).where(TAGS.c.key == key, TAGS.c.value == value))
+        return in_bitmap(T.c.trace_key, sa.select(TAGS.c.trace_key).where(TAGS.c.key == key, TAGS.c.value == value),
+                         top_trace_key(conn))
     # metadata: the keys MLflow keeps as columns are columns here too
     if key == TraceMetadataKey.TRACE_SESSION:
         return T.c.session_id == value
     if key in TRACE_ANALYTICS_COLUMNS_BY_METADATA_KEY:
         return get_trace_analytics_metadata_filter(key, "=", value, T.c)
-    named = T.c.trace_key.in_(sa.select(METADATA.c.trace_key).where(METADATA.c.key == key,
-                                                                     METADATA.c.value == value))
+    named = in_bitmap(T.c.trace_key, sa.select(METADATA.c.trace_key).where(METADATA.c.key == key,
+                                                                            METADATA.c.value == value),
+                      top_trace_key(conn))
     if key == TraceMetadataKey.SOURCE_RUN:  # also the traces linked to the run (mlflow.genai.evaluate), as MLflow
         return named | T.c.trace_id.in_(sa.select(LINKS.c.trace_id).where(LINKS.c.kind == "run",
                                                                            LINKS.c.target_id == value))
@@ -198,14 +202,15 @@ ROW_FILTERS = {
 FILTER_VIEWS = {"span": MetricViewType.SPANS, "assessment": MetricViewType.ASSESSMENTS}
 
 
-def _filter(filter_string: str, view_type: MetricViewType) -> sa.ColumnElement[bool]:
+def _filter(conn: sa.Connection, filter_string: str, view_type: MetricViewType) -> sa.ColumnElement[bool]:
     parsed = SearchTraceMetricsUtils.parse_search_filter(filter_string)  # MLflow's parser and its errors
     if parsed.view_type == "trace":
-        predicate = _trace_filter(parsed.entity, parsed.key, parsed.value)
+        predicate = _trace_filter(conn, parsed.entity, parsed.key, parsed.value)
         if view_type == MetricViewType.TRACES:
             return predicate
         row = A if view_type == MetricViewType.ASSESSMENTS else S
-        return row.c.trace_key.in_(sa.select(T.c.trace_key).where(predicate))  # the row's trace passes
+        # the row's trace passes
+        return in_bitmap(row.c.trace_key, sa.select(T.c.trace_key).where(predicate), top_trace_key(conn))
     if FILTER_VIEWS[parsed.view_type] != view_type:
         raise MlflowException.invalid_parameter_value(
             f"Filtering by {parsed.view_type} is only supported for {FILTER_VIEWS[parsed.view_type]} view type, "
@@ -317,7 +322,7 @@ def _span_rollup_select(conn: sa.Connection, experiment_ids: list[str], metric_n
         + [DIMENSIONS[MetricViewType.SPANS, d] for d in dimensions]
     # One scan per part-hour: a single range prunes the spans' row groups, an OR of two ranges reads them all.
     parts = [from_rollup, *(sa.select(*groups, *_partials(metric_name)).select_from(S).where(
-        S.c.experiment_id.in_(experiment_ids), *(_filter(f, MetricViewType.SPANS) for f in filters),
+        S.c.experiment_id.in_(experiment_ids), *(_filter(conn, f, MetricViewType.SPANS) for f in filters),
         *_time_range(MetricViewType.SPANS, metric_name, low, high),
         *(group.is_not(None) for group in groups[bool(time_interval_seconds):]),
     ).group_by(*groups) for low, high in edges)]
@@ -377,7 +382,8 @@ def query_trace_metrics(
     offset = _offset(page_token)
     view, column = VIEWS[view_type], METRICS[view_type, metric_name]
     experiment_ids = check_experiments(conn, experiment_ids)
-    where = [view.experiment_id.in_(experiment_ids), view.rows, *(_filter(f, view_type) for f in filters or []),
+    where = [view.experiment_id.in_(experiment_ids), view.rows,
+             *(_filter(conn, f, view_type) for f in filters or []),
              *_time_range(view_type, metric_name, start_time_ms, end_time_ms)]
     if metric_name == "session_count":
         where.append(T.c.session_id.is_not(None))
