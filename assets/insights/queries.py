@@ -14,7 +14,6 @@ from typing import TypeVar
 import sqlalchemy as sa
 from pydantic import BaseModel, Field, model_validator
 
-from resources.warehouse import has_table
 
 T = TypeVar("T")
 
@@ -57,15 +56,14 @@ VALID_FEEDBACK = sa.and_(ASSESSMENTS.c.assessment_type == "feedback", ASSESSMENT
 
 def known_experiments(conn: sa.Connection, experiment_ids: list[str]) -> set[str]:
     """Which of the ids the warehouse knows: the store's experiments (with or without traces), as every extract
-    since schema version 7 records them; for a warehouse not extracted since, those with traces. The small
+    records them; while that table is still empty (migrated, not yet filled), those with traces. The small
     experiments table, not a scan of every trace's experiment (~40 % of a cheap request's time at 1M traces);
-    one query when it knows them all (every request pays this)."""
+    one query when it knows them all (every request pays this: no check that the table exists, a warehouse
+    without it is older than the platform and answers so)."""
     def known(table: sa.TableClause) -> set[str]:
         return set(conn.execute(sa.select(table.c.experiment_id).where(table.c.experiment_id.in_(experiment_ids))
                                 .distinct()).scalars())
 
-    if not has_table(conn, "experiments"):
-        return known(TRACES)
     found = known(EXPERIMENTS)
     if len(found) == len(set(experiment_ids)):
         return found
@@ -251,8 +249,7 @@ def rollup_hours(conn: sa.Connection, query: InsightsQuery,
     experiments and times, when its range is whole UTC hours and the rollups describe the warehouse as it is;
     None otherwise (then read the tables themselves)."""
     whole, edges = hour_split(query.start_time, query.end_time)
-    if whole is None or edges or not has_table(conn, ROLLUPS_STATE.name) \
-            or not describes_warehouse(conn, ROLLUPS_STATE):
+    if whole is None or edges or not describes_warehouse(conn, ROLLUPS_STATE):
         return None
     return in_hours(query.experiment_ids, rollup.c.experiment_id, rollup.c.time_bucket, *whole)
 
