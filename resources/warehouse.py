@@ -18,6 +18,7 @@ from typing import TypeVar
 import dagster as dg
 import duckdb
 import sqlalchemy as sa
+from sqlalchemy.dialects import registry
 from sqlalchemy.pool import NullPool
 
 # Each entry migrates the schema one version up. Append only: users' SQL depends on these names.
@@ -485,10 +486,15 @@ def _carry_over(con: duckdb.DuckDBPyConnection, source: str, target: str) -> Non
             con.execute("USE memory")
 
 
+# duckdb_engine's dialect with compiled statements cached (resources/duckdb_dialect.py), loaded on first use
+registry.register("duckdb.cached", "resources.duckdb_dialect", "CachingDialect")
+DUCKDB_URL = "duckdb+cached:///"
+
+
 def sqlalchemy_engine(path: str, read_only: bool = True, lock_timeout_s: float = 120.0) -> sa.Engine:
     """A SQLAlchemy engine on the file whose connections are opened per checkout (no pool, so nothing
     keeps the file locked between uses) and wait while another process holds the lock."""
-    engine = sa.create_engine(f"duckdb:///{path}", connect_args={"read_only": read_only}, poolclass=NullPool)
+    engine = sa.create_engine(f"{DUCKDB_URL}{path}", connect_args={"read_only": read_only}, poolclass=NullPool)
 
     @sa.event.listens_for(engine, "do_connect")
     def _wait_for_lock(dialect, _record, cargs, cparams):
@@ -510,7 +516,7 @@ def attached_engine(path: str, lock_timeout_s: float = 30.0, keep_attached_s: fl
     instance = duckdb.connect()  # in memory: holds no file
     turn = threading.Lock()
     quoted = "'" + path.replace("'", "''") + "'"
-    engine = sa.create_engine("duckdb:///:memory:", poolclass=NullPool)
+    engine = sa.create_engine(f"{DUCKDB_URL}:memory:", poolclass=NullPool)
     attached = {"since_use": None}  # monotonic time of the last request's end while attached; None: detached
 
     def detach() -> None:

@@ -152,6 +152,7 @@ def test_openapi_page_is_served_without_a_cdn(api):
 
 def test_a_request_waits_while_an_extract_holds_the_write_lock(api, warehouse, seeded_store: Store):
     warehouse.dispose()  # this process's pooled read-only connection would keep the writer out
+    time.sleep(1.0)  # and the server keeps the file attached for 0.25 s after an earlier test's last request
     holder = subprocess.Popen([sys.executable, "-c", (
         "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(2)"
     ), warehouse.url.database], stdout=subprocess.PIPE)
