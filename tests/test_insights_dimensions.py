@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 from pathlib import Path
@@ -328,6 +329,35 @@ def test_feedback_on_a_session_is_about_every_trace_of_it_in_correlations_too(va
                 assert (pair.dimension2_count, pair.joint_count) == (candidate.count, candidate.intersection_count), (
                     candidate.dimension)
     assert any(c.dimension == resolved for c in ranked.data)  # against thumbs-down: trace 4 has both
+
+
+def test_npmi_counts_session_feedback_by_the_traces_it_is_about_in_a_cut_range(varied):
+    """A verdict on a whole session counts for each of its traces in the range, also when the trace it was logged
+    on (trace 4 of s0 = traces 0, 4, 8) is outside it; every kind of selector against every other, over ranges cut
+    between the traces, equals the selected traces among the counted ones."""
+    store, engine, _ = varied
+    dimensions = [Dimension(name="assessment.session_resolved", parameters={"value": False}),
+                  Dimension(name="assessment.user_thumbs", parameters={"value": False}),
+                  Dimension(name="status", parameters={"value": "ERROR"}),
+                  Dimension(name="session", parameters={"outcome": "assessment.user_thumbs", "value": False}),
+                  Dimension(name="tools.kb.lookup", parameters={"value": "error"}),
+                  Dimension(name="user", parameters={"value": "bob"})]
+    with engine.connect() as conn:
+        time_of = dict(conn.execute(sa.select(TRACES.c.trace_id, TRACES.c.timestamp_ms)).all())
+        times = [time_of[trace_id] for trace_id in store.trace_ids]
+        ranges = [{"start_time": times[5], "end_time": times[9]},  # traces 5-9: 8 of s0, not 0 or 4
+                  {"end_time": times[3]}, {"start_time": times[1] + 1}]
+        for time_range in ranges:
+            query = InsightsQuery(experiment_ids=[store.experiment_id], **time_range)
+            counted = set(conn.execute(sa.select(TRACES.c.trace_key).where(*population(query))).scalars())
+            selected = [counted & set(conn.execute(trace_keys(d)).scalars()) for d in dimensions]
+            for i, j in itertools.combinations(range(len(dimensions)), 2):
+                result = calculate_npmi(conn, query, dimensions[i], dimensions[j])
+                assert (result.total_count, result.dimension1_count, result.dimension2_count, result.joint_count) \
+                    == (len(counted), len(selected[i]), len(selected[j]), len(selected[i] & selected[j])), (
+                        time_range, dimensions[i], dimensions[j])
+        assert calculate_npmi(conn, InsightsQuery(experiment_ids=[store.experiment_id], **ranges[0]), dimensions[0],
+                              dimensions[2]).dimension1_count == 1  # trace 8, by the session
 
 
 def test_sessions_with_a_thumbs_down_are_every_trace_of_those_sessions(varied):

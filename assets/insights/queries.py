@@ -254,9 +254,9 @@ def rollup_hours(conn: sa.Connection, query: InsightsQuery,
     return in_hours(query.experiment_ids, rollup.c.experiment_id, rollup.c.time_bucket, *whole)
 
 
-def trace_time(table: sa.TableClause = TRACES) -> sa.ColumnElement[int]:
-    """The trace's time (epoch ms) as seen from `table`."""
-    return table.c.timestamp_ms if table is TRACES else table.c.trace_timestamp_ms
+def trace_time(table: sa.FromClause = TRACES) -> sa.ColumnElement[int]:
+    """The trace's time (epoch ms) as seen from `table` (the traces table or an alias of it: its own time)."""
+    return table.c.timestamp_ms if "timestamp_ms" in table.c else table.c.trace_timestamp_ms
 
 
 def population_filter(query: InsightsQuery, table: sa.TableClause = TRACES) -> list[sa.ColumnElement[bool]]:

@@ -128,9 +128,10 @@ class Population(InsightsQuery):
 EVALUATION_TRACES = sa.select(TRACES.c.trace_key).where(TRACES.c.evaluation)
 
 
-def production(table: sa.TableClause = TRACES) -> sa.ColumnElement[bool]:
-    """The rows of `table` whose trace is a production trace (not an evaluation's)."""
-    return sa.not_(TRACES.c.evaluation) if table is TRACES else table.c.trace_key.not_in(EVALUATION_TRACES)
+def production(table: sa.FromClause = TRACES) -> sa.ColumnElement[bool]:
+    """The rows of `table` whose trace is a production trace (not an evaluation's); the traces table or an alias
+    of it says so itself."""
+    return sa.not_(table.c.evaluation) if "evaluation" in table.c else table.c.trace_key.not_in(EVALUATION_TRACES)
 
 
 def population(query: InsightsQuery, table: sa.TableClause = TRACES) -> list[sa.ColumnElement[bool]]:
@@ -685,6 +686,23 @@ def trace_keys(dimension: Dimension) -> sa.Select | sa.CompoundSelect:
     by the caller)."""
     kind, key = kind_of(dimension.name)
     return kind.trace_keys(dimension, key)
+
+
+def counted_keys(dimension: Dimension, query: InsightsQuery) -> sa.Select | sa.CompoundSelect:
+    """The keys of the traces the query counts (`population`) that a dimension selects, a key possibly more than
+    once. Each part of the selector is filtered on the rows it reads (spans, tags, metadata and assessments carry
+    their trace's experiment and time): no join of the selected keys to every trace."""
+    kind, key = kind_of(dimension.name)
+    keys = kind.trace_keys(dimension, key)
+    parts = [part.where(*population(query, _key_source(part)))
+             for part in (keys.selects if isinstance(keys, sa.CompoundSelect) else [keys])]
+    return parts[0] if len(parts) == 1 else sa.union_all(*parts)
+
+
+def _key_source(keys: sa.Select) -> sa.FromClause:
+    """The table (or alias) whose `trace_key` a select of trace keys reads."""
+    column = keys.selected_columns[0]
+    return getattr(column, "element", column).table
 
 
 def selects(dimension: Dimension) -> sa.ColumnElement[bool]:
