@@ -28,6 +28,7 @@ from assets.traces.extract import extract_traces
 from resources import settings
 from resources.trace_sources import SqlTrackingStore
 from resources.warehouse import sqlalchemy_engine
+from tests.test_insights_facts import insights_answers, refreshed
 # the store written by real autologging (its fixtures, built once for this module too)
 from tests.test_autolog import AutologgedStore, autologged_store, autologged_warehouse, fake_openai  # noqa: F401
 
@@ -282,6 +283,20 @@ def test_npmi_counts_what_each_dimension_selects_among_the_counted_traces(built:
                                                         len(first_keys & second_keys)), (query, first, second)
                         checked.add((len(counted), len(first_keys & second_keys)))
     assert len(checked) > 10  # populations and overlaps of many sizes, none of them all or nothing everywhere
+
+
+def test_correlations_from_the_facts_leave_out_evaluation_traces_as_the_tables_do(built: Built, tmp_path: Path):
+    """The evaluation run's failed trace and its scorer's feedback are in the targets' traces only when evaluations
+    are asked for: correlations read from the dimension facts and hourly counts (whole hours: only the targets'
+    traces joined to the facts) answer as those read from the child tables, with and without evaluations."""
+    path = str(shutil.copyfile(built.warehouse, tmp_path / "warehouse.duckdb"))
+    targets = [{"name": "status", "parameters": {"value": "ERROR"}},
+               {"name": "assessment.short", "parameters": {"value": True}},
+               {"name": "tools.search", "parameters": {"value": "error"}}]
+    experiments = [built.production, built.evaluations_only]
+    from_child_tables = insights_answers(path, experiments, targets)
+    refreshed(path)
+    assert insights_answers(path, experiments, targets) == from_child_tables
 
 
 def test_the_root_causes_asset_reads_the_outcomes_file(built: Built, tmp_path: Path):

@@ -158,7 +158,13 @@ def rank_against(
         if (hourly := hourly_counts(query, production_only)) is not None:
             # Whole hours: each value's traces from the hourly counts, and only the targets' traces joined to the
             # facts for the counts together (a smaller hash table than every trace's).
-            hit = sa.select(own).where(sa.or_(*(own.c[f"t{i}"] for i in range(len(targets))))).subquery("hit")
+            keyed = sa.union_all(*(
+                sa.select(list(keys.c)[0].label("trace_key"),
+                          *(sa.literal(i == index).label(f"t{i}") for i in range(len(targets))))
+                for index, keys in enumerate(registry.counted_keys(t, query).subquery() for t in targets))).subquery()
+            hit = (sa.select(keyed.c.trace_key, *(sa.func.bool_or(keyed.c[f"t{i}"]).label(f"t{i}")
+                                                  for i in range(len(targets))))
+                   .group_by(keyed.c.trace_key).subquery("hit"))
             together = (sa.select(TRACE_DIMENSION_VALUES.c.value_id, *counts(hit)[1:])
                         .select_from(TRACE_DIMENSION_VALUES.join(hit, hit.c.trace_key == TRACE_DIMENSION_VALUES.c.trace_key))
                         .group_by(TRACE_DIMENSION_VALUES.c.value_id).subquery("together"))
