@@ -334,7 +334,8 @@ def test_feedback_on_a_session_is_about_every_trace_of_it_in_correlations_too(va
 def test_npmi_counts_session_feedback_by_the_traces_it_is_about_in_a_cut_range(varied):
     """A verdict on a whole session counts for each of its traces in the range, also when the trace it was logged
     on (trace 4 of s0 = traces 0, 4, 8) is outside it; every kind of selector against every other, over ranges cut
-    between the traces, equals the selected traces among the counted ones."""
+    between the traces, equals the selected traces among the counted ones, and correlations count each candidate
+    as calculate-npmi does."""
     store, engine, _ = varied
     dimensions = [Dimension(name="assessment.session_resolved", parameters={"value": False}),
                   Dimension(name="assessment.user_thumbs", parameters={"value": False}),
@@ -356,6 +357,13 @@ def test_npmi_counts_session_feedback_by_the_traces_it_is_about_in_a_cut_range(v
                 assert (result.total_count, result.dimension1_count, result.dimension2_count, result.joint_count) \
                     == (len(counted), len(selected[i]), len(selected[j]), len(selected[i] & selected[j])), (
                         time_range, dimensions[i], dimensions[j])
+            for target in dimensions[:3]:  # correlations count each candidate among the same counted traces
+                ranked = correlations(conn, CorrelationsRequest(**query.model_dump(), dimension=target, limit=None))
+                for candidate in ranked.data:
+                    pair = calculate_npmi(conn, query, target, candidate.dimension)
+                    assert (ranked.total_count, ranked.dimension.count, candidate.count, candidate.intersection_count) \
+                        == (pair.total_count, pair.dimension1_count, pair.dimension2_count, pair.joint_count), (
+                            time_range, target, candidate.dimension)
         assert calculate_npmi(conn, InsightsQuery(experiment_ids=[store.experiment_id], **ranges[0]), dimensions[0],
                               dimensions[2]).dimension1_count == 1  # trace 8, by the session
 

@@ -169,8 +169,8 @@ Restriction = Callable[[sa.TableClause], list[sa.ColumnElement[bool]]]
 
 @dataclass(frozen=True)
 class Facts:
-    """Candidate dimension values: `rows` (trace_key, name, value), one per trace of the population having the
-    value, and how a row's name and value become its dimension's parameters. `prefix` is put before each name
+    """Candidate dimension values: `rows` (trace_key, name, value), one per trace of the population (only the
+    traces it counts) having the value, and how a row's name and value become its dimension's parameters. `prefix` is put before each name
     once the rows are counted (made on every row, the longer strings cost a sixth of a correlations request)."""
 
     rows: sa.Select
@@ -498,19 +498,25 @@ class AssessmentKind(Kind):
 
     @staticmethod
     def about(columns: list[sa.ColumnElement], *where: sa.ColumnElement[bool],
-              distinct: bool = True) -> sa.CompoundSelect:
+              distinct: bool = True, counted: InsightsQuery | None = None) -> sa.CompoundSelect:
         """(trace_key, *columns) of the valid feedback matching `where`, for each trace it is about: the trace it
         is logged on and, for feedback on a whole conversation (its metadata names the session, MLflow's
         session-scoped assessments), every trace of that session in its experiment, as MLflow's search counts it.
-        Not `distinct`: a row may repeat (enough for `IN`, and no hash of every row)."""
+        Not `distinct`: a row may repeat (enough for `IN`, and no hash of every row). With `counted`, only for
+        the traces that query counts (`population`, on each branch's own rows)."""
         logged_on, about = TRACES.alias("logged_on"), TRACES.alias("about")
         session = sa.and_(about.c.experiment_id == logged_on.c.experiment_id,
                           about.c.session_id == logged_on.c.session_id)
+
+        def counted_on(table: sa.FromClause) -> list[sa.ColumnElement[bool]]:
+            return [] if counted is None else population(counted, table)
+
         return (sa.union if distinct else sa.union_all)(
-            sa.select(ASSESSMENTS.c.trace_key.label("trace_key"), *columns).where(VALID_FEEDBACK, *where),
+            sa.select(ASSESSMENTS.c.trace_key.label("trace_key"), *columns)
+            .where(VALID_FEEDBACK, *where, *counted_on(ASSESSMENTS)),
             sa.select(about.c.trace_key, *columns)
             .select_from(ASSESSMENTS.join(logged_on, logged_on.c.trace_key == ASSESSMENTS.c.trace_key).join(about, session))
-            .where(VALID_FEEDBACK, *where, ASSESSMENTS.c.metadata_json.contains(SESSION_SCOPED)),
+            .where(VALID_FEEDBACK, *where, ASSESSMENTS.c.metadata_json.contains(SESSION_SCOPED), *counted_on(about)),
         )
 
     def trace_keys(self, dimension: Dimension, key: str | None) -> sa.CompoundSelect:
@@ -552,14 +558,13 @@ class AssessmentKind(Kind):
 
     def candidates(self, conn: sa.Connection, query: InsightsQuery, outcomes: list[Dimension]) -> list[Facts]:
         types = {info.name: info.assessment_type for info in assessments_discovery(conn, query).data}
-        # Sessions are per experiment; the traces' times are applied by the caller's join with the counted traces.
-        in_experiments = (ASSESSMENTS.c.experiment_id.in_(query.experiment_ids),)
         found = []
         if categorical := [feedback for feedback, kind in types.items() if kind != "numeric"]:
             text = sa.case((ASSESSMENTS.c.value_type == "boolean", sa.cast(ASSESSMENTS.c.bool_value, sa.String)),
                            else_=TEXT_VALUE)
-            rows = self.about([ASSESSMENTS.c.name.label("name"), text.label("value")], *in_experiments,
-                              ASSESSMENTS.c.name.in_(categorical), ASSESSMENTS.c.value_type.in_(["boolean", "string"]))
+            rows = self.about([ASSESSMENTS.c.name.label("name"), text.label("value")],
+                              ASSESSMENTS.c.name.in_(categorical), ASSESSMENTS.c.value_type.in_(["boolean", "string"]),
+                              counted=query)
 
             def parameters(name: str, value: str) -> dict[str, Any]:
                 boolean = types[name.removeprefix("assessment.")] == "boolean"
@@ -572,7 +577,7 @@ class AssessmentKind(Kind):
             if low is not None:
                 rows = self.about([sa.literal(f"assessment.{feedback}").label("name"),
                                    sa.literal(f"< {low:g}").label("value")],
-                                  *in_experiments, ASSESSMENTS.c.name == feedback, ASSESSMENTS.c.numeric_value < low)
+                                  ASSESSMENTS.c.name == feedback, ASSESSMENTS.c.numeric_value < low, counted=query)
                 found.append(Facts(rows, lambda _name, _value, low=low: {"threshold": low, "operator": "<"}))
         return found
 
@@ -766,7 +771,7 @@ def stored_parameters(_name: str, value: str) -> dict[str, Any]:
 def stored_candidates(query: InsightsQuery) -> Facts:
     """The stored kinds' candidate values over the population, read from spans, tags and metadata: what the
     dimension facts hold, for a warehouse whose facts are not up to date."""
-    return Facts(stored_rows(lambda table: population_filter(query, table), offered_only=True), stored_parameters)
+    return Facts(stored_rows(lambda table: population(query, table), offered_only=True), stored_parameters)
 
 
 def offered() -> sa.ColumnElement[bool]:
