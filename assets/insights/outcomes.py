@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from assets.insights.breakdowns import TEXT_VALUE, AssessmentInfo, assessments_discovery
 from assets.insights.queries import ASSESSMENTS, VALID_FEEDBACK, InsightsQuery, population_filter
-from assets.insights.registry import Dimension, population, selects
+from assets.insights.registry import Dimension, counted_keys
 from assets.yaml_files import InvalidFilesError, Problem, read_model
 from resources import settings
 
@@ -103,9 +103,9 @@ def outcomes(conn: sa.Connection, query: InsightsQuery, rules: OutcomeRules) -> 
         else:
             found += [Dimension(name=name, parameters={"value": value})
                       for value in _spelled(conn, query, feedback, declared.bad_values())]
-    # One query per outcome that stops at its first trace, not a count of them all.
+    # One query per outcome that stops at its first counted trace, not a count of them all.
     return [outcome for outcome in found
-            if conn.execute(sa.select(sa.true()).where(*population(query), selects(outcome)).limit(1)).first()]
+            if conn.execute(sa.select(sa.true()).select_from(counted_keys(outcome, query).subquery()).limit(1)).first()]
 
 
 def _answers(conn: sa.Connection, query: InsightsQuery, name: str) -> list[str]:
