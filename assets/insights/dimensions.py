@@ -125,8 +125,9 @@ def rank_against(
     found = registry.candidates(conn, query, targets if session_outcomes is None else session_outcomes)
     conditions = [c for c in found if isinstance(c, registry.TraceCondition)]
     live = [c for c in found if isinstance(c, registry.Facts)]
-    # One row per counted trace with a flag per target: one scan counts the targets and the candidates a condition on
-    # the trace's row decides, alone and with each target; the facts of a range cut inside hours join it.
+    # One row per counted trace with a flag per target: one scan counts the targets and the candidates a
+    # condition on the trace's row decides, alone and with each target; the facts of a range cut inside hours
+    # join it.
     target_flags = [registry.selects(target).label(f"t{index}")
                     for index, target in enumerate(targets)]
     flagged = sa.select(TRACES.c.trace_key, *target_flags).where(*population(query))
@@ -183,8 +184,9 @@ def rank_against(
     else:  # an extract changed the traces since the facts were kept: read the stored kinds from the child tables
         live.append(registry.stored_candidates(query))
         parameters = [part.parameters for part in live]
-    # The other candidates' rows are the counted traces' already: each target is a semi join of them against its
-    # counted keys, not a join of them to every counted trace flagged (at 1M traces: 91-95 -> 52 ms for feedback).
+    # The other candidates' rows are the counted traces' already: each target is a semi join of them against
+    # its counted keys, not a join of them to every counted trace flagged (at 1M traces: 91-95 -> 52 ms for the
+    # feedback candidates).
     for index, part in enumerate(live):
         rows = part.rows.subquery()
         name = (sa.literal(part.prefix) + rows.c.name) if part.prefix else rows.c.name

@@ -43,10 +43,10 @@ class NpmiResult(BaseModel):
 
 
 def count(conn: sa.Connection, query: InsightsQuery, first: Dimension, second: Dimension) -> Counts:
-    # Each dimension's counted traces as a bitmap over the trace keys (read where the selector reads, filtered on
-    # the rows' own experiment and time): the counts are the bits set in them and in their AND. No semi join of
-    # every counted trace against each dimension's traces (at 1M traces, thumbs-down against a tool's failures:
-    # 44 -> 28-32 ms).
+    # Each dimension's counted traces as a bitmap over the trace keys (read where the selector reads, filtered
+    # on the rows' own experiment and time): the counts are the bits set in them and in their AND. No semi join
+    # of every counted trace against each dimension's traces (at 1M traces, thumbs-down against a tool's
+    # failures: 44 -> 28-32 ms).
     top = top_trace_key(conn)
     total = sa.select(sa.func.count()).select_from(TRACES).where(*population(query)).scalar_subquery()
     bitmaps = sa.select(key_bitmap(counted_keys(first, query), top).label("first"),

@@ -104,8 +104,8 @@ def outcomes(conn: sa.Connection, query: InsightsQuery, rules: OutcomeRules) -> 
             found += [Dimension(name=name, parameters={"value": value})
                       for value in _spelled(conn, query, feedback, declared.bad_values())]
     # One query per outcome that stops at its first counted trace, not a count of them all.
-    return [outcome for outcome in found
-            if conn.execute(sa.select(sa.true()).select_from(counted_keys(outcome, query).subquery()).limit(1)).first()]
+    return [outcome for outcome in found if conn.execute(
+        sa.select(sa.true()).select_from(counted_keys(outcome, query).subquery()).limit(1)).first()]
 
 
 def _answers(conn: sa.Connection, query: InsightsQuery, name: str) -> list[str]:

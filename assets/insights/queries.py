@@ -189,15 +189,17 @@ def top_trace_key(conn: sa.Connection) -> int:
 
 def key_bitmap(keys: sa.Select | sa.CompoundSelect, top: int) -> sa.ScalarSelect:
     """The trace keys (0..`top`) that `keys` selects, as one bitmap (DuckDB's bitstring_agg); NULL when none.
-    Its range must be constants; a whole number of bytes (0 to top | 7) is ~2x faster to fill than one more bit."""
+    Its range must be constants; a whole number of bytes (0 to top | 7) is ~2x faster to fill than one bit
+    more."""
     rows = keys.subquery()
     span = sa.literal_column("0"), sa.literal_column(str(int(top) | 7))
     return sa.select(sa.func.bitstring_agg(list(rows.c)[0], *span)).scalar_subquery()
 
 
-def in_bitmap(key: sa.ColumnElement[int], keys: sa.Select | sa.CompoundSelect, top: int) -> sa.ColumnElement[bool]:
-    """`key IN (keys)` as a bit test in the keys' bitmap: one pass over the keys and a bit test per row, where a
-    semi join hashes the keys and probes the hash with every row (a tag filter over 1M traces: 47 -> 29 ms)."""
+def in_bitmap(key: sa.ColumnElement[int], keys: sa.Select | sa.CompoundSelect,
+              top: int) -> sa.ColumnElement[bool]:
+    """`key IN (keys)` as a bit test in the keys' bitmap: one pass over the keys and a bit test per row, where
+    a semi join hashes the keys and probes the hash with every row (a tag filter over 1M traces: 47 -> 29 ms)."""
     return sa.func.get_bit(key_bitmap(keys, top), sa.cast(key, sa.Integer)) == 1
 
 
@@ -259,7 +261,7 @@ def trace_time(table: sa.FromClause = TRACES) -> sa.ColumnElement[int]:
     return table.c.timestamp_ms if "timestamp_ms" in table.c else table.c.trace_timestamp_ms
 
 
-def population_filter(query: InsightsQuery, table: sa.TableClause = TRACES) -> list[sa.ColumnElement[bool]]:
+def population_filter(query: InsightsQuery, table: sa.FromClause = TRACES) -> list[sa.ColumnElement[bool]]:
     """The rows of `table` whose trace is in the query's experiments and time range."""
     conditions = [table.c.experiment_id.in_(query.experiment_ids)]
     if query.start_time is not None:

@@ -129,12 +129,14 @@ EVALUATION_TRACES = sa.select(TRACES.c.trace_key).where(TRACES.c.evaluation)
 
 
 def production(table: sa.FromClause = TRACES) -> sa.ColumnElement[bool]:
-    """The rows of `table` whose trace is a production trace (not an evaluation's); the traces table or an alias
-    of it says so itself."""
-    return sa.not_(table.c.evaluation) if "evaluation" in table.c else table.c.trace_key.not_in(EVALUATION_TRACES)
+    """The rows of `table` whose trace is a production trace (not an evaluation's); the traces table or an
+    alias of it says so itself."""
+    if "evaluation" in table.c:
+        return sa.not_(table.c.evaluation)
+    return table.c.trace_key.not_in(EVALUATION_TRACES)
 
 
-def population(query: InsightsQuery, table: sa.TableClause = TRACES) -> list[sa.ColumnElement[bool]]:
+def population(query: InsightsQuery, table: sa.FromClause = TRACES) -> list[sa.ColumnElement[bool]]:
     """The rows of `table` whose trace is counted: in the query's experiments and times, and a production trace
     unless the query includes evaluations."""
     conditions = population_filter(query, table)
@@ -169,9 +171,10 @@ Restriction = Callable[[sa.TableClause], list[sa.ColumnElement[bool]]]
 
 @dataclass(frozen=True)
 class Facts:
-    """Candidate dimension values: `rows` (trace_key, name, value), one per trace of the population (only the
-    traces it counts) having the value, and how a row's name and value become its dimension's parameters. `prefix` is put before each name
-    once the rows are counted (made on every row, the longer strings cost a sixth of a correlations request)."""
+    """Candidate dimension values: `rows` (trace_key, name, value), one per counted trace of the population
+    having the value, and how a row's name and value become its dimension's parameters. `prefix` is put before
+    each name once the rows are counted (made on every row, the longer strings cost a sixth of a correlations
+    request)."""
 
     rows: sa.Select
     parameters: Callable[[str, str], dict[str, Any]]
@@ -516,7 +519,8 @@ class AssessmentKind(Kind):
             .where(VALID_FEEDBACK, *where, *counted_on(ASSESSMENTS)),
             sa.select(about.c.trace_key, *columns)
             .select_from(ASSESSMENTS.join(logged_on, logged_on.c.trace_key == ASSESSMENTS.c.trace_key).join(about, session))
-            .where(VALID_FEEDBACK, *where, ASSESSMENTS.c.metadata_json.contains(SESSION_SCOPED), *counted_on(about)),
+            .where(VALID_FEEDBACK, *where, ASSESSMENTS.c.metadata_json.contains(SESSION_SCOPED),
+                   *counted_on(about)),
         )
 
     def trace_keys(self, dimension: Dimension, key: str | None) -> sa.CompoundSelect:
@@ -563,8 +567,8 @@ class AssessmentKind(Kind):
             text = sa.case((ASSESSMENTS.c.value_type == "boolean", sa.cast(ASSESSMENTS.c.bool_value, sa.String)),
                            else_=TEXT_VALUE)
             rows = self.about([ASSESSMENTS.c.name.label("name"), text.label("value")],
-                              ASSESSMENTS.c.name.in_(categorical), ASSESSMENTS.c.value_type.in_(["boolean", "string"]),
-                              counted=query)
+                              ASSESSMENTS.c.name.in_(categorical),
+                              ASSESSMENTS.c.value_type.in_(["boolean", "string"]), counted=query)
 
             def parameters(name: str, value: str) -> dict[str, Any]:
                 boolean = types[name.removeprefix("assessment.")] == "boolean"
@@ -577,7 +581,8 @@ class AssessmentKind(Kind):
             if low is not None:
                 rows = self.about([sa.literal(f"assessment.{feedback}").label("name"),
                                    sa.literal(f"< {low:g}").label("value")],
-                                  ASSESSMENTS.c.name == feedback, ASSESSMENTS.c.numeric_value < low, counted=query)
+                                  ASSESSMENTS.c.name == feedback, ASSESSMENTS.c.numeric_value < low,
+                                  counted=query)
                 found.append(Facts(rows, lambda _name, _value, low=low: {"threshold": low, "operator": "<"}))
         return found
 

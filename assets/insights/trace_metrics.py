@@ -170,9 +170,9 @@ def _aggregates(aggregations: list[MetricAggregation], column: sa.ColumnElement 
 
 def _trace_filter(conn: sa.Connection, entity: str, key: str | None, value: str) -> sa.ColumnElement[bool]:
     """A `trace.<entity>[.<key>] = value` filter as a predicate on the trace `t`. Tags and metadata are a bit
-    test in the bitmap of the matching rows' trace keys (`in_bitmap`): where DuckDB runs a correlated EXISTS as a
-    delim join that first groups every trace id (2x slower at 1M traces), and a semi join hashes the keys and
-    probes every trace."""
+    test in the bitmap of the matching rows' trace keys (`in_bitmap`). DuckDB runs a correlated EXISTS as a delim
+    join that first groups every trace id (2x slower at 1M traces), and a semi join hashes the keys and probes the
+    hash with every trace (a tag filter at 1M: 46-56 ms as a semi join, 37-43 ms as a bit test)."""
     if entity == "status":
         return T.c.status == value
     if entity == "tag":
