@@ -34,6 +34,7 @@ from assets.insights.queries import (
     hour_split,
     in_hours,
     record_version,
+    recorded_version,
     traces_version,
     version_table,
 )
@@ -65,9 +66,9 @@ def _inlined(statement: sa.Select, conn: sa.Connection) -> str:
 
 def refresh_facts(conn: sa.Connection) -> FactsRefresh:
     """Bring the facts up to date with the warehouse's traces (inside the caller's transaction)."""
-    covered_key, covered_traces = conn.execute(sa.select(STATE.c.covered_key, STATE.c.covered_traces)).one_or_none() \
-        or (0, 0)
-    count = traces_version(conn)[1]
+    covered_key, covered_traces = recorded_version(conn, STATE) or (0, 0)
+    version = traces_version(conn)  # the refresh writes no traces: still the warehouse's version at its end
+    count = version[1]
 
     def fact_count() -> int:  # (DuckDB's driver reports no rowcount)
         return conn.execute(sa.select(sa.func.count()).select_from(TRACE_DIMENSION_VALUES)).scalar()
@@ -116,7 +117,7 @@ def refresh_facts(conn: sa.Connection) -> FactsRefresh:
     conn.exec_driver_sql("DROP TABLE _new_facts")
     # Which values are offered depends on every trace (e.g. a span name used below the root): decided again.
     conn.execute(DIMENSION_VALUES.update().values(offered=registry.offered()))
-    record_version(conn, STATE)
+    record_version(conn, STATE, version)
     values = conn.execute(sa.select(sa.func.count()).select_from(DIMENSION_VALUES)).scalar()
     facts = fact_count()
     return FactsRefresh(traces_added=count - still_there, facts_added=facts - kept, facts_deleted=before - kept,

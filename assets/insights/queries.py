@@ -230,16 +230,21 @@ def version_table(name: str) -> sa.TableClause:
     return sa.table(name, sa.column("covered_key"), sa.column("covered_traces"))
 
 
-def record_version(conn: sa.Connection, state: sa.TableClause) -> None:
-    """Record in `state` that its derived tables now describe the warehouse as it is."""
-    key, count = traces_version(conn)
+def recorded_version(conn: sa.Connection, state: sa.TableClause) -> tuple[int, int] | None:
+    """The warehouse version (`traces_version`) that `state` records its derived tables describe; None: none yet."""
+    row = conn.execute(sa.select(state.c.covered_key, state.c.covered_traces)).one_or_none()
+    return None if row is None else tuple(row)
+
+
+def record_version(conn: sa.Connection, state: sa.TableClause, version: tuple[int, int]) -> None:
+    """Record in `state` that its derived tables describe the warehouse at `version` (`traces_version`)."""
     conn.execute(state.delete())
-    conn.execute(state.insert().values(covered_key=key, covered_traces=count))
+    conn.execute(state.insert().values(covered_key=version[0], covered_traces=version[1]))
 
 
 def describes_warehouse(conn: sa.Connection, state: sa.TableClause) -> bool:
     """Whether the derived tables whose version `state` records describe the warehouse's traces as they are now."""
-    return conn.execute(sa.select(state.c.covered_key, state.c.covered_traces)).one_or_none() == traces_version(conn)
+    return recorded_version(conn, state) == traces_version(conn)
 
 
 ROLLUPS_STATE = version_table("_insights_rollups_state")  # the hourly rollups' (assets/insights/rollups.py)

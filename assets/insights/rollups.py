@@ -31,6 +31,7 @@ from assets.insights.queries import (
     percentiles,
     record_version,
     token_measures,
+    traces_version,
     volume_measures,
 )
 from assets.insights.registry import Dimension, Population
@@ -84,7 +85,7 @@ def write_rollups(conn: sa.Connection) -> dict[str, int]:
         sql = query.compile(conn, compile_kwargs={"literal_binds": True})
         conn.exec_driver_sql(f"CREATE OR REPLACE TABLE {table} AS {sql}")
         rows[table] = conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar()
-    record_version(conn, ROLLUPS_STATE)
+    record_version(conn, ROLLUPS_STATE, traces_version(conn))
     return rows
 
 
